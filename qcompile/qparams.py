@@ -1,0 +1,155 @@
+"""Quantisation parameters from ranges: pure numpy, no graph.
+
+For an integer type with range [q_min, q_max] and a real range [r_min, r_max] (always widened to hold 0):
+
+    asymmetric:  scale = (r_max - r_min) / (q_max - q_min),  zero_point = round(q_min - r_min / scale)
+    symmetric:   scale = max(|r_min|, |r_max|) / ((q_max - q_min) / 2),  zero_point = (q_max + q_min + 1) // 2
+
+(symmetric gives zp 0 for int8 and 128 for uint8). Quantise: q = clip(round(x / scale) + zp, q_min, q_max);
+dequantise: x ≈ (q - zp) * scale. With ``reduce_range`` the integer range loses one bit (int8 [-64, 63],
+uint8 [0, 127]) so u8s8 products cannot saturate VPMADDUBSW's int16 accumulators on AVX2 without VNNI.
+A zero-width range yields scale 1.0 (any scale represents a constant 0 exactly; the constant is then held by zp).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QuantDType(enum.Enum):
+    """Integer element types qcompile emits."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT4 = "int4"
+    UINT4 = "uint4"
+    INT16 = "int16"
+    UINT16 = "uint16"
+
+    @property
+    def bits(self) -> int:
+        return {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int16": 16, "uint16": 16}[self.value]
+
+    @property
+    def signed(self) -> bool:
+        return self.value.startswith("int")
+
+    def int_range(self, reduce_range: bool = False) -> tuple[int, int]:
+        bits = self.bits - (1 if reduce_range else 0)
+        if self.signed:
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        # int4/uint4 are carried in int8/uint8 arrays until packed.
+        return np.dtype({"int8": np.int8, "uint8": np.uint8, "int4": np.int8, "uint4": np.uint8,
+                         "int16": np.int16, "uint16": np.uint16}[self.value])
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """An observed real range. Scalars for per-tensor ranges, 1-D arrays (one entry per channel) otherwise."""
+
+    min: np.ndarray | float
+    max: np.ndarray | float
+
+    def __post_init__(self) -> None:
+        lo, hi = np.asarray(self.min, dtype=np.float64), np.asarray(self.max, dtype=np.float64)
+        if lo.shape != hi.shape:
+            raise ValueError(f"range min/max shapes differ: {lo.shape} vs {hi.shape}")
+        if np.any(lo > hi):
+            raise ValueError("range min exceeds max")
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ValueError("range is not finite")
+
+    @property
+    def per_channel(self) -> bool:
+        return np.ndim(self.min) > 0
+
+    def as_json(self) -> dict:
+        lo, hi = np.asarray(self.min, dtype=np.float64), np.asarray(self.max, dtype=np.float64)
+        if lo.ndim == 0:
+            return {"min": float(lo), "max": float(hi)}
+        return {"min": lo.tolist(), "max": hi.tolist()}
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale and zero point, scalars or one per channel along ``axis``."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: QuantDType
+    axis: int | None = None
+
+
+def compute_qparams(lo, hi, dtype: QuantDType, *, symmetric: bool, reduce_range: bool = False,
+                    axis: int | None = None) -> QParams:
+    """Scale/zero point for the range [lo, hi] (scalars or per-channel arrays); see the module docstring."""
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    q_min, q_max = dtype.int_range(reduce_range)
+    if symmetric:
+        absmax = np.maximum(np.abs(lo), np.abs(hi))
+        scale = absmax / ((q_max - q_min) / 2.0)
+        zero_point = np.full(scale.shape, (q_max + q_min + 1) // 2, dtype=np.int64)
+    else:
+        scale = (hi - lo) / float(q_max - q_min)
+        safe = np.where(scale > 0, scale, 1.0)
+        zero_point = np.clip(np.round(q_min - lo / safe), q_min, q_max).astype(np.int64)
+    zero_width = ~(scale > np.finfo(np.float32).tiny)
+    scale = np.where(zero_width, 1.0, scale).astype(np.float32)
+    if symmetric:
+        zero_point = np.where(zero_width, (q_max + q_min + 1) // 2, zero_point)
+    return QParams(scale=scale, zero_point=zero_point.astype(dtype.numpy_dtype), dtype=dtype, axis=axis)
+
+
+def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    scale, zp = params.scale.astype(np.float32), params.zero_point.astype(np.int64)
+    if params.axis is not None and scale.ndim == 1:
+        shape = [1] * ndim
+        shape[params.axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return scale, zp
+
+
+def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
+    """q = clip(round_half_even(x / scale) + zp, q_min, q_max), as ONNX QuantizeLinear computes it."""
+    scale, zp = _broadcast(params, np.ndim(x))
+    q_min, q_max = params.dtype.int_range(False)
+    q = np.rint(np.asarray(x, dtype=np.float32) / scale) + zp
+    return np.clip(q, q_min, q_max).astype(params.dtype.numpy_dtype)
+
+
+def dequantize(q: np.ndarray, params: QParams) -> np.ndarray:
+    """x = (q - zp) * scale, as ONNX DequantizeLinear computes it."""
+    scale, zp = _broadcast(params, np.ndim(q))
+    return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def weight_range(weight: np.ndarray, axis: int | None) -> TensorRange:
+    """Per-tensor (axis None) or per-channel min/max of a constant weight."""
+    w = np.asarray(weight, dtype=np.float64)
+    if axis is None:
+        return TensorRange(float(w.min()) if w.size else 0.0, float(w.max()) if w.size else 0.0)
+    moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    if moved.shape[1] == 0:
+        zeros = np.zeros(w.shape[axis])
+        return TensorRange(zeros, zeros)
+    return TensorRange(moved.min(axis=1), moved.max(axis=1))
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio 10·log10(Σx² / Σ(x - x̂)²) in dB (inf when exact)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((ref - np.asarray(approx, dtype=np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * np.log10(signal / noise)
