@@ -130,6 +130,7 @@ class CompileConfig:
     exclude: tuple[str, ...] = ()
     overrides: tuple[NodeOverride, ...] = ()
     quantize_classifier: bool = False
+    bias_correction: bool = True
     target: Target = Target.CPU
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fidelity_samples: int = 8
@@ -236,7 +237,8 @@ def _str_tuple(value: Any, key: str) -> tuple[str, ...]:
 def config_from_mapping(data: Mapping[str, Any], base: CompileConfig | None = None) -> CompileConfig:
     """Build a CompileConfig from a nested mapping (the TOML schema); unknown keys are errors."""
     base = base or CompileConfig()
-    allowed = {"activation", "weight", "op_types", "exclude", "overrides", "quantize_classifier", "target",
+    allowed = {"activation", "weight", "op_types", "exclude", "overrides", "quantize_classifier", "bias_correction",
+               "target",
                "calibration", "fidelity_samples"}
     _check_keys(data, allowed, "config")
     kwargs: dict[str, Any] = {}
@@ -247,7 +249,7 @@ def config_from_mapping(data: Mapping[str, Any], base: CompileConfig | None = No
             kwargs[key] = quant_spec_from_mapping(value, getattr(base, key), key)
         elif key in ("op_types", "exclude"):
             kwargs[key] = _str_tuple(value, key)
-        elif key == "quantize_classifier":
+        elif key in ("quantize_classifier", "bias_correction"):
             kwargs[key] = _bool(value, key)
         elif key == "target":
             kwargs[key] = _enum(Target, value, key)

@@ -3,9 +3,9 @@
 For an integer type with range [q_min, q_max] and a real range [r_min, r_max] (always widened to hold 0):
 
     asymmetric:  scale = (r_max - r_min) / (q_max - q_min),  zero_point = round(q_min - r_min / scale)
-    symmetric:   scale = max(|r_min|, |r_max|) / ((q_max - q_min) / 2),  zero_point = (q_max + q_min + 1) // 2
+    symmetric:   scale = max(|r_min|, |r_max|) / ((q_max - q_min) // 2),  zero_point = (q_max + q_min + 1) // 2
 
-(symmetric gives zp 0 for int8 and 128 for uint8). Quantise: q = clip(round(x / scale) + zp, q_min, q_max);
+(symmetric gives zp 0 for int8 and 128 for uint8, and maps ±max|r| to ±127, never onto the lone -128). Quantise: q = clip(round(x / scale) + zp, q_min, q_max);
 dequantise: x ≈ (q - zp) * scale. With ``reduce_range`` the integer range loses one bit (int8 [-64, 63],
 uint8 [0, 127]) so u8s8 products cannot saturate VPMADDUBSW's int16 accumulators on AVX2 without VNNI.
 A zero-width range yields scale 1.0 (any scale represents a constant 0 exactly; the constant is then held by zp).
@@ -95,7 +95,7 @@ def compute_qparams(lo, hi, dtype: QuantDType, *, symmetric: bool, reduce_range:
     q_min, q_max = dtype.int_range(reduce_range)
     if symmetric:
         absmax = np.maximum(np.abs(lo), np.abs(hi))
-        scale = absmax / ((q_max - q_min) / 2.0)
+        scale = absmax / float((q_max - q_min) // 2)
         zero_point = np.full(scale.shape, (q_max + q_min + 1) // 2, dtype=np.int64)
     else:
         scale = (hi - lo) / float(q_max - q_min)
@@ -153,3 +153,19 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     if signal == 0.0:
         return float("-inf")
     return 10.0 * np.log10(signal / noise)
+
+
+BIAS_INT32_LIMIT = 2 ** 30
+
+
+def bias_safe_weight_scale(weight_scale: np.ndarray, bias: np.ndarray, input_scale: float,
+                           limit: int = BIAS_INT32_LIMIT) -> np.ndarray:
+    """Raise per-channel weight scales so the int32 bias b / (s_x·s_w) stays within ±limit.
+
+    A channel whose weights are (nearly) zero — common after BatchNorm folding — gets a tiny s_w, and its bias
+    would overflow int32 and be clipped, corrupting the whole channel. Raising s_w to |b| / (s_x·limit) for
+    those channels costs nothing: their weights round to ~0 either way. Half the int32 range is kept as
+    headroom for the accumulated products.
+    """
+    floor = np.abs(np.asarray(bias, dtype=np.float64)) / (float(input_scale) * limit)
+    return np.maximum(np.asarray(weight_scale, dtype=np.float64), floor).astype(np.float32)

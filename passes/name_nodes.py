@@ -1,0 +1,48 @@
+"""Node naming: give every node a unique, stable name so selectors, overrides and the report can refer to it.
+
+A node with an empty or repeated name n (k-th of its op type t) becomes ``t_k`` (or ``n_k`` if n was set),
+skipping names already taken. Names that are already unique are kept as they are.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_graphsurgeon as gs
+
+from qcompile.pass_infra import GraphPass, PassContext, PassResult
+
+
+def unique_names(names: list[str], op_types: list[str]) -> list[str]:
+    """Replace empty and duplicate names with fresh ones; the first holder of a name keeps it."""
+    taken = set(n for n in names if n)
+    seen: set[str] = set()
+    counters: Counter[str] = Counter()
+    result = []
+    for name, op in zip(names, op_types):
+        if name and name not in seen:
+            seen.add(name)
+            result.append(name)
+            continue
+        stem = name or op
+        while True:
+            counters[stem] += 1
+            candidate = f"{stem}_{counters[stem]}"
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        seen.add(candidate)
+        result.append(candidate)
+    return result
+
+
+class NameNodesPass(GraphPass):
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        old = [n.name for n in graph.nodes]
+        new = unique_names(old, [n.op for n in graph.nodes])
+        renamed = 0
+        for node, name in zip(graph.nodes, new):
+            if node.name != name:
+                node.name = name
+                renamed += 1
+        return PassResult(modified=False, stats={"renamed": renamed})

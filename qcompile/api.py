@@ -1,0 +1,202 @@
+"""compile_model: FP32 ONNX + calibration data -> quantised ONNX + report. The CLI is a thin layer over this."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompile import __version__
+from qcompile.calibrators.collector import collect_statistics
+from qcompile.config import CompileConfig
+from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
+from qcompile.errors import QCompileError, UnsupportedModelError
+from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
+from qcompile.pass_infra import NodeStatus, PassContext, run_steps
+from qcompile.pipeline import build_steps
+from qcompile.report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
+from qcompile.runtime_ext.fusion import check_fusion
+from qcompile.runtime_ext.session import make_session
+from qcompile.runtime_ext.target import resolve_profile
+
+logger = logging.getLogger(__name__)
+
+ModelSource = str | Path | bytes | onnx.ModelProto
+CalibSource = str | Path | Iterable[Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    model: onnx.ModelProto
+    report: CompileReport
+
+    def save(self, path: str | Path, report_path: str | Path | None = None, *,
+             protected: Iterable[Path] = ()) -> tuple[Path, Path]:
+        """Write the model and its JSON report atomically; nothing is left behind if either write fails."""
+        path = Path(path)
+        report_path = Path(report_path) if report_path else default_report_path(path)
+        protected = tuple(Path(p) for p in protected) + tuple(_input_paths(self.report))
+        written = save_model(self.model, path, protected=protected)
+        try:
+            write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written))
+        except BaseException:
+            for file in written:
+                file.unlink(missing_ok=True)
+            raise
+        return path, report_path
+
+
+def _input_paths(report: CompileReport) -> list[Path]:
+    path = report.data.get("input", {}).get("path")
+    return [Path(path)] if path else []
+
+
+def default_output_path(model_path: Path) -> Path:
+    name = model_path.name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return model_path.with_name(f"{stem}.qdq.onnx")
+
+
+def default_report_path(output_path: Path) -> Path:
+    name = output_path.name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return output_path.with_name(f"{stem}.report.json")
+
+
+def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [InputSpec.from_value_info(v) for v in model.graph.input if v.name not in initializers]
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True)
+
+
+def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
+                  progress: bool = False) -> CompileResult:
+    """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts)."""
+    config = config or CompileConfig()
+    started = time.perf_counter()
+    loaded = load_model(model)
+    source = open_calibration_source(calib, model_input_specs(loaded.model),
+                                     num_samples=config.calibration.num_samples, image=config.calibration.image)
+    profile = resolve_profile(config.target)
+    graph = gs.import_onnx(loaded.model)
+    ctx = PassContext(config=config, target=profile)
+
+    steps = build_steps(config)
+    with _progress(len(steps), "compile", progress) as bar:
+        def collect(g: gs.Graph, requests):
+            with _progress(source.num_samples, "calibrate", progress) as calib_bar:
+                return collect_statistics(g, requests, source, progress=calib_bar,
+                                          memory_budget_bytes=config.calibration.memory_budget_mb << 20)
+
+        records = run_steps(graph, steps, ctx, collect, on_step=(lambda _s: bar.update(1)) if bar else None)
+
+    quantized = _export(graph, loaded.model)
+    quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
+    if not quantized_names:
+        logger.warning("no node was quantised: see the report's skipped nodes for the reasons")
+    fusion = check_fusion(quantized, quantized_names) if quantized_names else None
+    if fusion is not None and fusion.unfused:
+        message = f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}"
+        logger.warning(message)
+        ctx.warnings.append(message)
+    fidelity = measure_fidelity(loaded.model, quantized, source, config.fidelity_samples)
+
+    report = CompileReport({
+        "report_version": REPORT_VERSION,
+        "qcompile_version": __version__,
+        "input": _describe_input(loaded, source),
+        "config": config.to_json(),
+        "target": profile.describe(),
+        "summary": {
+            "quantized_nodes": len(quantized_names),
+            "skipped_compute_nodes": sum(1 for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED),
+            "unfused_nodes": len(fusion.unfused) if fusion else 0,
+            "input_bytes": loaded.size_bytes,
+            "output_bytes": model_size_bytes(quantized),
+            "size_ratio": model_size_bytes(quantized) / max(loaded.size_bytes, 1),
+            "compile_seconds": time.perf_counter() - started,
+        },
+        "fidelity": fidelity,
+        "nodes": node_entries(ctx.decisions, dict(fusion.node_kernels) if fusion else {},
+                              fusion.unfused if fusion else ()),
+        "tensor_ranges": ctx.tensor_ranges,
+        "ort": fusion.as_json() if fusion else None,
+        "passes": [{"step": r.step, "name": r.name, "seconds": round(r.seconds, 4), "modified": r.modified,
+                    "stats": dict(r.stats)} for r in records],
+        "warnings": list(ctx.warnings),
+    })
+    return CompileResult(model=quantized, report=report)
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph)
+    # intermediate shapes are an annotation ORT recomputes; they cost bytes on small models
+    del model.graph.value_info[:]
+    model.ir_version = original.ir_version
+    model.producer_name = "qcompile"
+    model.producer_version = __version__
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    if model.ByteSize() < (2 << 30) - (64 << 20):
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            raise UnsupportedModelError(f"the quantised model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def _describe_input(loaded: LoadedModel, source: CalibrationSource) -> dict[str, Any]:
+    model = loaded.model
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest() if model.ByteSize() < (2 << 30) - 1 else None
+    return {
+        "path": str(loaded.path) if loaded.path else None,
+        "bytes": loaded.size_bytes,
+        "sha256": digest,
+        "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "nodes": len(model.graph.node),
+        "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape) if s.shape is not None else None}
+                   for s in model_input_specs(model)],
+        "calibration": {"source": source.description, "samples": source.num_samples},
+    }
+
+
+def measure_fidelity(reference: onnx.ModelProto, quantized: onnx.ModelProto, source: Iterable,
+                     max_samples: int) -> dict[str, Any]:
+    """Run FP32 and quantised models on the first ``max_samples`` calibration items and compare outputs."""
+    if max_samples == 0:
+        return {}
+    try:
+        ref_session = make_session(reference)
+        q_session = make_session(quantized)
+    except QCompileError as exc:
+        logger.warning("fidelity not measured: %s", exc)
+        return {"error": str(exc)}
+    names = [o.name for o in ref_session.get_outputs()]
+    acc = FidelityAccumulator()
+    count = 0
+    for feed in source:
+        ref_out = ref_session.run(names, dict(feed))
+        q_out = q_session.run(names, dict(feed))
+        for name, r, q in zip(names, ref_out, q_out):
+            acc.add(name, np.asarray(r), np.asarray(q))
+        count += 1
+        if count >= max_samples:
+            break
+    return {"items": count, "outputs": acc.summary()}

@@ -1,0 +1,160 @@
+"""Pass infrastructure: passes, the context they share, statistics requests, and the step runner.
+
+A pipeline is a list of steps; a step is a list of passes. Before a step runs, the union of its passes'
+``stat_requests`` is gathered in ONE streaming pass over the calibration data on the graph as it stands at
+that step. Statistics are cached in the context and dropped when a pass reports ``modified=True`` (a coarse
+version of LLVM's analysis manager: any change invalidates every analysis).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import onnx_graphsurgeon as gs
+
+from qcompile.config import CalibrationMethod, CompileConfig
+from qcompile.errors import PassError, QCompileError
+from qcompile.qparams import TensorRange
+
+logger = logging.getLogger(__name__)
+
+
+class StatKind(enum.Enum):
+    RANGE = "range"                  # per-tensor min/max-like range from a Calibrator
+    CHANNEL_ABSMAX = "channel_absmax"  # per-channel max |x| along an axis
+    CHANNEL_MEAN = "channel_mean"      # per-channel mean along an axis (bias correction)
+
+
+@dataclass(frozen=True)
+class StatRequest:
+    tensor: str
+    kind: StatKind = StatKind.RANGE
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.999
+    symmetric: bool = False
+    unsigned: bool = True
+    axis: int | None = None
+
+
+class NodeStatus(enum.Enum):
+    QUANTIZED = "quantized"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    """What happened to one node, for the report: quantised (how) or skipped (why)."""
+
+    name: str
+    op_type: str
+    status: NodeStatus
+    reason: str = ""
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    modified: bool
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What passes share: the configuration, the target profile, statistics and what they decided."""
+
+    config: CompileConfig
+    target: object                                  # runtime_ext.target.TargetProfile (kept opaque here)
+    statistics: dict[StatRequest, TensorRange] = field(default_factory=dict)
+    decisions: dict[str, NodeDecision] = field(default_factory=dict)
+    tensor_ranges: dict[str, dict] = field(default_factory=dict)   # quantised tensor -> range/scale for report
+    warnings: list[str] = field(default_factory=list)
+
+    def decide(self, decision: NodeDecision) -> None:
+        self.decisions[decision.name] = decision
+
+    def range_of(self, request: StatRequest) -> TensorRange:
+        try:
+            return self.statistics[request]
+        except KeyError:
+            raise PassError(f"statistics for tensor {request.tensor!r} were not collected") from None
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One executed pass, for the report's timeline."""
+
+    step: str
+    name: str
+    seconds: float
+    modified: bool
+    stats: Mapping[str, int]
+
+
+class GraphPass(abc.ABC):
+    """A graph transformation. ``run`` mutates the graph in place; ``__call__`` adds timing and error tagging."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abc.abstractmethod
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult: ...
+
+    def __call__(self, graph: gs.Graph, ctx: PassContext) -> tuple[PassResult, float]:
+        start = time.perf_counter()
+        try:
+            result = self.run(graph, ctx)
+        except QCompileError:
+            raise
+        except Exception as exc:  # a bug or an unexpected graph: name the pass, keep one line
+            logger.debug("pass %s failed", self.name, exc_info=True)
+            raise PassError(f"pass {self.name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        seconds = time.perf_counter() - start
+        logger.info("%s: %s in %.2fs", self.name, dict(result.stats) or "no change", seconds)
+        return result, seconds
+
+
+class CalibratedPass(GraphPass):
+    """A pass that needs statistics gathered on calibration data before it runs."""
+
+    @abc.abstractmethod
+    def stat_requests(self, graph: gs.Graph, ctx: PassContext) -> Sequence[StatRequest]: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    passes: tuple[GraphPass, ...]
+
+
+Collector = Callable[[gs.Graph, Sequence[StatRequest]], Mapping[StatRequest, TensorRange]]
+
+
+def run_steps(graph: gs.Graph, steps: Iterable[Step], ctx: PassContext, collect: Collector,
+              on_step: Callable[[Step], None] | None = None) -> list[PassRecord]:
+    """Run each step's passes in order, collecting the statistics each step declares first."""
+    records: list[PassRecord] = []
+    for step in steps:
+        requests: list[StatRequest] = []
+        for graph_pass in step.passes:
+            if isinstance(graph_pass, CalibratedPass):
+                requests.extend(r for r in graph_pass.stat_requests(graph, ctx) if r not in requests)
+        missing = [r for r in requests if r not in ctx.statistics]
+        if missing:
+            start = time.perf_counter()
+            ctx.statistics.update(collect(graph, missing))
+            records.append(PassRecord(step.name, "calibration", time.perf_counter() - start, False,
+                                      {"tensors": len(missing)}))
+        for graph_pass in step.passes:
+            result, seconds = graph_pass(graph, ctx)
+            records.append(PassRecord(step.name, graph_pass.name, seconds, result.modified, dict(result.stats)))
+            if result.modified:
+                ctx.statistics.clear()
+        if on_step is not None:
+            on_step(step)
+    return records

@@ -1,0 +1,101 @@
+"""Which nodes get which QuantSpec: op types, exclusions (names or regexes), overrides, the classifier rule.
+
+A node n of type t is a candidate iff t ∈ config.op_types, no exclude pattern matches n.name (exact name or
+full regex match), and no override with skip=True matches it. The final classifier — a compute node whose
+output reaches a graph output through only bias adds and data-movement ops — stays float unless
+quantize_classifier is set, because its errors land directly on the logits. Every exclude/override pattern
+must match at least one node: a selector that matches nothing is almost always a typo, so it is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from qcompile.config import CompileConfig, NodeOverride, QuantSpec
+from qcompile.errors import SelectionError
+
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+_PASS_THROUGH_TO_OUTPUT = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+
+
+@dataclass(frozen=True)
+class NodeSelection:
+    """The decision for one node: quantise with these specs, or not, and why."""
+
+    selected: bool
+    reason: str
+    activation: QuantSpec | None = None
+    weight: QuantSpec | None = None
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern == name or re.fullmatch(pattern, name) is not None
+
+
+def _is_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def classifier_nodes(graph: gs.Graph) -> set[str]:
+    """Compute nodes whose output reaches a graph output through bias adds and data-movement ops only."""
+    outputs = {t.name for t in graph.outputs}
+    found: set[str] = set()
+    for node in graph.nodes:
+        if node.op not in COMPUTE_OPS or not node.outputs:
+            continue
+        tensor = node.outputs[0]
+        for _ in range(16):
+            if tensor.name in outputs:
+                found.add(node.name)
+                break
+            if len(tensor.outputs) != 1:
+                break
+            nxt = tensor.outputs[0]
+            is_bias_add = nxt.op in ("Add", "Sub") and any(_is_constant(t) for t in nxt.inputs)
+            if not (is_bias_add or nxt.op in _PASS_THROUGH_TO_OUTPUT) or not nxt.outputs:
+                break
+            tensor = nxt.outputs[0]
+    return found
+
+
+def select_nodes(graph: gs.Graph, config: CompileConfig) -> dict[str, NodeSelection]:
+    """Decide for every node of the (main) graph; raises SelectionError for selectors that match nothing."""
+    names = [n.name for n in graph.nodes]
+    for pattern in config.exclude:
+        if not any(_matches(pattern, name) for name in names):
+            raise SelectionError(f"--exclude {pattern!r} matches no node (node names look like {names[:3]})")
+    for override in config.overrides:
+        if not any(_matches(override.pattern, name) for name in names):
+            raise SelectionError(f"override pattern {override.pattern!r} matches no node")
+    classifiers = set() if config.quantize_classifier else classifier_nodes(graph)
+    decisions: dict[str, NodeSelection] = {}
+    for node in graph.nodes:
+        decisions[node.name] = _decide(node, config, classifiers)
+    return decisions
+
+
+def _override_for(name: str, overrides: tuple[NodeOverride, ...]) -> NodeOverride | None:
+    for override in overrides:
+        if _matches(override.pattern, name):
+            return override
+    return None
+
+
+def _decide(node: gs.Node, config: CompileConfig, classifiers: set[str]) -> NodeSelection:
+    override = _override_for(node.name, config.overrides)
+    if override is not None and override.skip:
+        return NodeSelection(False, "excluded by an override")
+    if any(_matches(p, node.name) for p in config.exclude):
+        return NodeSelection(False, "excluded by --exclude")
+    if node.op not in config.op_types:
+        if node.op in COMPUTE_OPS:
+            return NodeSelection(False, f"op type {node.op} not in op_types")
+        return NodeSelection(False, "not a compute op (carried through or left float)")
+    if node.name in classifiers and override is None:
+        return NodeSelection(False, "final classifier kept float (set quantize_classifier to quantise it)")
+    activation = override.activation if override and override.activation else config.activation
+    weight = override.weight if override and override.weight else config.weight
+    return NodeSelection(True, "selected", activation, weight)

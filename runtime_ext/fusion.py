@@ -1,0 +1,373 @@
+"""Fusion check: what ONNX Runtime actually made of the nodes qcompile quantized.
+
+A QDQ model is only fast if ORT's graph transformers fold each DQ -> op -> Q group into an integer kernel. This
+module builds a session with optimisation level ALL, lets ORT write the optimised graph
+(``optimized_model_filepath``, initializers written externally so the file read back stays small and is parsed
+with ``ModelProto.FromString``; no data is loaded), and maps every quantized node name to the op type of the
+optimised node that now computes it.
+
+What ORT 1.32 (CPU EP, x86-64 with AVX512-VNNI) was observed to do (see tests/runtime_ext/test_fusion.py):
+
+============================================  ==========================================================
+original (names as in the test models)        optimised graph
+============================================  ==========================================================
+DQ(u8 act), DQ(s8 w) -> Conv 'conv0' -> Q     Transpose -> QLinearConv (com.microsoft, NHWC)
+                                              named 'conv0_token_<k>' whose output is a NEW tensor, then
+                                              Transpose -> the old Q output; Q/DQ pair on the activation
+                                              removed, the input Q kept. At level EXTENDED: ONNX-domain
+                                              QLinearConv named 'conv0' writing the Q's output.
+DQ, DQ(w) -> MatMul 'mm0' -> Q                QLinearMatMul named 'mm0', writing the Q's output tensor
+DQ, DQ(w) -> MatMul 'mm0' (float out)         MatMulIntegerToFloat (com.microsoft) named 'mm0', same output
+DQ, DQ(w), DQ(int32 b) -> Gemm 'gemm0' -> Q   QGemm (com.microsoft) named 'gemm0' (also for float output)
+DQ(int4/int8 const, blocked or per-tensor)    MatMulNBits named like the MatMul; weights '<w>_T'; a plain
+  -> MatMul (weight-only)                     int8 per-tensor DQ -> MatMul becomes MatMulNBits bits=8,
+                                              block_size=32, accuracy_level=4
+float Conv (+Relu)                            Conv in domain com.microsoft.nchwc named '<output>_nchwc'
+                                              (named after the OUTPUT tensor) + ReorderOutput
+float MatMul + Add / MatMul * s               Gemm '/MatMulAddFusion', FusedMatMul '/MatMulScaleFusion/'
+int8 (signed) activations on x86              QDQS8ToU8Transformer rewrites the activation Q/DQ to uint8
+                                              (zero point + 128, tensors 'qdq_s8_to_u8_*') and then fuses
+                                              exactly as for uint8 (QLinearConv / QLinearMatMul / QGemm /
+                                              MatMulIntegerToFloat, u8s8). Output tensor names change.
+                                              Session entry ``session.qdqisint8allowed=1`` keeps s8s8.
+============================================  ==========================================================
+
+Names are therefore not stable (kept, suffixed ``_token_<k>`` by ``Graph::GenerateNodeName``, derived from an
+output name, or replaced) and output tensor names are not stable either (NHWC layout and s8->u8 rewrite new
+tensors). The matcher tries, in order, and takes the first hit:
+
+1. the original node's own output tensors: their producer in the optimised graph, walking back through
+   layout / QDQ plumbing (Transpose, ReorderOutput, Q, DQ, Reshape, ...) to the computing node;
+2. a node with exactly the original name (not a plumbing node);
+3. generated names ``<name>_token_<k>`` (an integer kernel preferred among several);
+4. tensors downstream of the node in the original graph through single ops ORT fuses into it (Q, DQ, Relu,
+   Clip, Add, Mul, ...; depth 3), traced back as in 1.
+A node found by none of these is reported as ``REMOVED`` ('<removed>') and counted as unfused.
+
+Integer kernels (``INTEGER_KERNELS``): QLinearConv, QLinearMatMul, MatMulInteger, MatMulIntegerToFloat,
+DynamicQuantizeMatMul, QGemm, QLinearAdd, QLinearMul, QLinearAveragePool, QLinearGlobalAveragePool,
+QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax, ConvInteger, MatMulNBits, MatMulBnb4,
+QAttention, QEmbedLayerNormalization, QLinearReduceMean, QLinearWhere, QLinearConvTranspose.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qcompile.errors import UnsupportedModelError
+from qcompile.runtime_ext.session import GraphOptimization, make_session
+
+__all__ = ["INTEGER_KERNELS", "REMOVED", "FusionReport", "check_fusion", "kernel_of_nodes"]
+
+logger = logging.getLogger(__name__)
+
+INTEGER_KERNELS: frozenset[str] = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "ConvInteger",
+        "MatMulNBits",
+        "MatMulBnb4",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "QLinearReduceMean",
+        "QLinearWhere",
+        "QLinearConvTranspose",
+    }
+)
+
+REMOVED = "<removed>"
+
+# Ops that only move, re-layout or re-encode data: walked through when tracing a tensor back to its computer.
+_PLUMBING = frozenset(
+    {
+        "Transpose",
+        "ReorderInput",
+        "ReorderOutput",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Identity",
+        "Cast",
+    }
+)
+# Single ops after a compute node that ORT may fold into it (activation, bias, scale, the output Q/DQ).
+_FOLLOW = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Add",
+        "Mul",
+        "Div",
+        "Transpose",
+        "Reshape",
+    }
+)
+_FOLLOW_DEPTH = 3
+_WALK_LIMIT = 16
+_EXTERNAL_MIN_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    """What ORT's optimiser made of the quantized nodes.
+
+    node_kernels: quantized node name -> op type of the optimised node computing it (``REMOVED`` if none).
+    unfused: quantized nodes whose kernel is not in ``INTEGER_KERNELS``, in the order given.
+    leftover_qdq: QuantizeLinear + DequantizeLinear nodes left in the optimised graph (subgraphs included).
+    leftover_dq_on_constants: of those, DequantizeLinear nodes reading an initializer / Constant (weights
+        that stayed float math: dequantized at run time every call).
+    optimized_op_counts: op type -> count in the optimised graph (subgraphs included).
+    """
+
+    node_kernels: Mapping[str, str]
+    unfused: tuple[str, ...]
+    leftover_qdq: int
+    leftover_dq_on_constants: int
+    optimized_op_counts: Mapping[str, int] = field(default_factory=dict)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        unfused = set(self.unfused)
+        return tuple(n for n in self.node_kernels if n not in unfused)
+
+    @property
+    def all_fused(self) -> bool:
+        return not self.unfused
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (plain str/int/list/dict), for the compile report."""
+        return {
+            "providers": list(self.providers),
+            "node_kernels": dict(self.node_kernels),
+            "unfused": list(self.unfused),
+            "num_quantized": len(self.node_kernels),
+            "num_fused": len(self.node_kernels) - len(self.unfused),
+            "leftover_qdq": self.leftover_qdq,
+            "leftover_dq_on_constants": self.leftover_dq_on_constants,
+            "optimized_op_counts": dict(sorted(self.optimized_op_counts.items())),
+        }
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for g in _graphs(graph):
+        yield from g.node
+
+
+class _Index:
+    """Name, producer and consumer lookups over a graph and its subgraphs."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.nodes = list(_nodes(graph))
+        self.by_name: dict[str, list[onnx.NodeProto]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.constants: set[str] = set()
+        for g in _graphs(graph):
+            self.constants.update(init.name for init in g.initializer)
+            self.constants.update(init.values.name for init in g.sparse_initializer)
+        for node in self.nodes:
+            if node.name:
+                self.by_name.setdefault(node.name, []).append(node)
+            for out in node.output:
+                if out:
+                    self.producer.setdefault(out, node)
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constants.update(o for o in node.output if o)
+
+    def trace_back(self, tensor: str) -> onnx.NodeProto | None:
+        """Producer of ``tensor``, walking back through plumbing ops to the node that computes it."""
+        node = self.producer.get(tensor)
+        for _ in range(_WALK_LIMIT):
+            if node is None or node.op_type not in _PLUMBING:
+                return node
+            data = node.input[0] if node.input else ""
+            node = self.producer.get(data) if data else None
+        return None
+
+
+def _pick(candidates: Sequence[onnx.NodeProto]) -> onnx.NodeProto | None:
+    compute = [n for n in candidates if n.op_type not in _PLUMBING]
+    for n in compute:
+        if n.op_type in INTEGER_KERNELS:
+            return n
+    return compute[0] if compute else None
+
+
+def _downstream_tensors(node: onnx.NodeProto, orig: _Index) -> list[str]:
+    """Outputs of the ops after ``node`` that ORT may fuse into it, nearest first."""
+    found: list[str] = []
+    frontier = [o for o in node.output if o]
+    seen = set(frontier)
+    for _ in range(_FOLLOW_DEPTH):
+        nxt: list[str] = []
+        for tensor in frontier:
+            for consumer in orig.consumers.get(tensor, ()):
+                if consumer.op_type not in _FOLLOW:
+                    continue
+                for out in consumer.output:
+                    if out and out not in seen:
+                        seen.add(out)
+                        found.append(out)
+                        nxt.append(out)
+        frontier = nxt
+    return found
+
+
+def _match(node: onnx.NodeProto, orig: _Index, opt: _Index) -> onnx.NodeProto | None:
+    name = node.name
+    # 1. own outputs, traced back through layout / QDQ plumbing
+    if node.op_type not in _PLUMBING:
+        for out in node.output:
+            if out and out in opt.producer:
+                hit = opt.trace_back(out)
+                if hit is not None:
+                    return hit
+    # 2. the same name
+    hit = _pick(opt.by_name.get(name, ()))
+    if hit is not None:
+        return hit
+    # 3. names generated from it: '<name>_token_<k>' (Graph::GenerateNodeName)
+    pattern = re.compile(re.escape(name) + r"(?:_token_\d+)+")
+    hit = _pick([n for nm, ns in opt.by_name.items() if pattern.fullmatch(nm) for n in ns])
+    if hit is not None:
+        return hit
+    # 4. tensors downstream of the node (its activation, bias Add, output Q ...)
+    for tensor in _downstream_tensors(node, orig):
+        if tensor in opt.producer:
+            hit = opt.trace_back(tensor)
+            if hit is not None:
+                return hit
+    return None
+
+
+def kernel_of_nodes(
+    original: onnx.ModelProto, optimized: onnx.ModelProto, quantized_nodes: Sequence[str]
+) -> dict[str, str]:
+    """Map each name in ``quantized_nodes`` to the op type computing it in ``optimized`` (or ``REMOVED``).
+
+    Raises ValueError for a name that is empty or not a node of ``original`` (a caller bug).
+    """
+    orig = _Index(original.graph)
+    opt = _Index(optimized.graph)
+    kernels: dict[str, str] = {}
+    for name in quantized_nodes:
+        if not name:
+            raise ValueError("fusion check needs node names; got an empty name")
+        nodes = orig.by_name.get(name)
+        if not nodes:
+            raise ValueError(f"node {name!r} is not in the model given to the fusion check")
+        if len(nodes) > 1:
+            logger.warning("node name %r occurs %d times; checking the first", name, len(nodes))
+        hit = _match(nodes[0], orig, opt)
+        kernels[name] = hit.op_type if hit is not None else REMOVED
+    return kernels
+
+
+def _qdq_counts(opt: _Index) -> tuple[int, int]:
+    qdq = dq_const = 0
+    for node in opt.nodes:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qdq += 1
+            if node.op_type == "DequantizeLinear" and node.input and node.input[0] in opt.constants:
+                dq_const += 1
+    return qdq, dq_const
+
+
+def check_fusion(
+    model: onnx.ModelProto,
+    quantized_nodes: Sequence[str],
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    config_entries: Mapping[str, str] | None = None,
+) -> FusionReport:
+    """Let ORT optimise ``model`` (level ALL) on ``providers`` and report the kernel of each quantized node.
+
+    config_entries: extra session entries, e.g. ``{"session.qdqisint8allowed": "1"}`` to check what a target
+    that allows s8s8 gets. Raises ConfigError / ModelLoadError / UnsupportedModelError like make_session.
+    """
+    quantized_nodes = list(quantized_nodes)
+    entries = {
+        "session.optimized_model_external_initializers_file_name": "optimized.onnx.data",
+        "session.optimized_model_external_initializers_min_size_in_bytes": str(_EXTERNAL_MIN_BYTES),
+    }
+    entries.update(config_entries or {})
+    with tempfile.TemporaryDirectory(prefix="qcompile-fusion-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        make_session(
+            model,
+            providers=providers,
+            threads=1,
+            optimization=GraphOptimization.ALL,
+            optimized_model_path=out,
+            config_entries=entries,
+        )
+        if not out.is_file():
+            raise UnsupportedModelError(
+                f"onnxruntime wrote no optimised model for the fusion check (providers: {', '.join(providers)})"
+            )
+        optimized = onnx.ModelProto.FromString(out.read_bytes())
+
+    kernels = kernel_of_nodes(model, optimized, quantized_nodes)
+    opt = _Index(optimized.graph)
+    leftover_qdq, dq_const = _qdq_counts(opt)
+    counts = Counter(n.op_type for n in opt.nodes)
+    unfused = tuple(name for name, op in kernels.items() if op not in INTEGER_KERNELS)
+    if unfused:
+        logger.info("fusion check: %d of %d quantized nodes unfused: %s", len(unfused), len(kernels),
+                    ", ".join(f"{n} ({kernels[n]})" for n in unfused[:10]))
+    return FusionReport(
+        node_kernels=kernels,
+        unfused=unfused,
+        leftover_qdq=leftover_qdq,
+        leftover_dq_on_constants=dq_const,
+        optimized_op_counts=dict(counts),
+        providers=tuple(providers),
+    )
