@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -16,11 +17,13 @@ import onnx_graphsurgeon as gs
 
 from qcompile import __version__
 from qcompile.calibrators.collector import collect_statistics
-from qcompile.config import CompileConfig
+from qcompile.config import CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
 from qcompile.errors import QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
+from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
+                                           upgrade_default_opset)
 from qcompile.pipeline import build_steps
 from qcompile.report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
 from qcompile.runtime_ext.fusion import check_fusion
@@ -76,11 +79,11 @@ def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return [InputSpec.from_value_info(v) for v in model.graph.input if v.name not in initializers]
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
+def _progress(total: int | None, desc: str, enabled: bool, unit: str):
     if not enabled:
         return contextlib.nullcontext(None)
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="sample", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
@@ -92,19 +95,22 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     source = open_calibration_source(calib, model_input_specs(loaded.model),
                                      num_samples=config.calibration.num_samples, image=config.calibration.image)
     profile = resolve_profile(config.target)
-    graph = gs.import_onnx(loaded.model)
+    working, config, opset_note = _prepare_opset(loaded.model, config)
+    graph = gs.import_onnx(working)
     ctx = PassContext(config=config, target=profile)
+    if opset_note:
+        ctx.warnings.append(opset_note)
 
     steps = build_steps(config)
-    with _progress(len(steps), "compile", progress) as bar:
+    with _progress(len(steps), "compile", progress, "step") as bar:
         def collect(g: gs.Graph, requests):
-            with _progress(source.num_samples, "calibrate", progress) as calib_bar:
+            with _progress(source.num_samples, "calibrate", progress, "sample") as calib_bar:
                 return collect_statistics(g, requests, source, progress=calib_bar,
                                           memory_budget_bytes=config.calibration.memory_budget_mb << 20)
 
         records = run_steps(graph, steps, ctx, collect, on_step=(lambda _s: bar.update(1)) if bar else None)
 
-    quantized = _export(graph, loaded.model)
+    quantized = _export(graph, working)
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
         logger.warning("no node was quantised: see the report's skipped nodes for the reasons")
@@ -140,6 +146,27 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
         "warnings": list(ctx.warnings),
     })
     return CompileResult(model=quantized, report=report)
+
+
+def _prepare_opset(model: onnx.ModelProto, config: CompileConfig) -> tuple[onnx.ModelProto, CompileConfig, str]:
+    """Upgrade to the opset per-channel weights need, or fall back to per-tensor weights if that fails."""
+    opset = default_opset(model)
+    if opset < QDQ_MIN_OPSET:
+        try:
+            return upgrade_default_opset(model, PER_CHANNEL_MIN_OPSET), config, \
+                f"upgraded opset {opset} -> {PER_CHANNEL_MIN_OPSET}"
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"opset {opset} has no QuantizeLinear and {exc}") from None
+    if opset < PER_CHANNEL_MIN_OPSET and config.weight.granularity is Granularity.CHANNEL:
+        try:
+            return upgrade_default_opset(model, PER_CHANNEL_MIN_OPSET), config, \
+                f"upgraded opset {opset} -> {PER_CHANNEL_MIN_OPSET} for per-channel weights"
+        except UnsupportedModelError as exc:
+            note = f"{exc}; using per-tensor weights instead"
+            logger.warning(note)
+            return model, dataclasses.replace(config, weight=dataclasses.replace(
+                config.weight, granularity=Granularity.TENSOR)), note
+    return model, config, ""
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:

@@ -21,7 +21,7 @@ REL_SLACK = 1e-5
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False, allow_subnormal=False,
                    width=32)
-magnitudes = st.floats(min_value=1e-4, max_value=1e4, allow_nan=False, allow_infinity=False, width=32)
+magnitudes = st.floats(min_value=1e-4, max_value=1e4, allow_nan=False, allow_infinity=False)
 
 
 def _range_strategy():
@@ -229,9 +229,9 @@ def test_quantize_dequantize_match_onnxruntime_per_channel(dtype, symmetric, axi
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), channels=st.integers(1, 8), input_scale=magnitudes)
 def test_bias_safe_weight_scale_keeps_int32_bias_in_range(data, channels, input_scale):
-    weight_scale = np.array(data.draw(st.lists(st.floats(1e-30, 1e2, width=32), min_size=channels,
+    weight_scale = np.array(data.draw(st.lists(st.floats(1e-30, 1e2), min_size=channels,
                                                max_size=channels)), dtype=np.float32)
-    bias = np.array(data.draw(st.lists(st.floats(-1e6, 1e6, width=32, allow_subnormal=False),
+    bias = np.array(data.draw(st.lists(st.floats(-1e6, 1e6, allow_subnormal=False),
                                        min_size=channels, max_size=channels)), dtype=np.float32)
     sx = np.float32(input_scale)
     safe = bias_safe_weight_scale(weight_scale, bias, float(sx))

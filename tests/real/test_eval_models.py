@@ -1,0 +1,85 @@
+"""The real models of the eval folder (QCOMPILE_EVAL_DIR), compiled with default settings and their calib/.
+
+Fidelity is measured on each case's held-out eval.npz against FP32 in ONNX Runtime (graph optimisations on,
+so the integer kernels ORT fuses are what is measured). Thresholds are the acceptance criteria of the
+end-to-end issue; latency is measured in benchmarks/, not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from qcompile import compile_model
+from qcompile.runtime_ext.fusion import INTEGER_KERNELS
+
+pytestmark = pytest.mark.slow
+
+
+def _session(model) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _case(eval_dir: Path, name: str) -> Path:
+    folder = eval_dir / name
+    if not (folder / "model.onnx").is_file():
+        pytest.skip(f"{folder} has no model.onnx: the eval folder is incomplete")
+    return folder
+
+
+def _compile(folder: Path):
+    result = compile_model(folder / "model.onnx", folder / "calib")
+    summary = result.report.data["summary"]
+    assert summary["quantized_nodes"] > 0
+    assert summary["unfused_nodes"] == 0, result.report.data["ort"]["unfused"]
+    for node in result.report.data["nodes"]:
+        if node["status"] == "quantized":
+            assert node["ort_kernel"] in INTEGER_KERNELS, node
+    onnx.checker.check_model(result.model)
+    return result
+
+
+def test_fmnist_cnn_agreement_and_size(eval_dir):
+    folder = _case(eval_dir, "fmnist_cnn")
+    result = _compile(folder)
+    data = np.load(folder / "eval.npz")
+    x, labels = data["x"][:4000], data["y"][:4000]
+    reference = _session(folder / "model.onnx").run(None, {"input": x})[0].argmax(1)
+    quantized = _session(result.model).run(None, {"input": x})[0].argmax(1)
+    assert np.mean(reference == quantized) >= 0.995
+    assert np.mean(quantized == labels) >= np.mean(reference == labels) - 0.005
+    assert result.report.data["summary"]["size_ratio"] <= 0.30
+
+
+def test_minilm_sentence_embedding_cosine(eval_dir):
+    folder = _case(eval_dir, "minilm")
+    result = _compile(folder)
+    data = np.load(folder / "eval.npz")
+    reference, quantized = _session(folder / "model.onnx"), _session(result.model)
+    cosines = []
+    for row in range(data["input_ids"].shape[0]):
+        length = int(data["attention_mask"][row].sum())
+        feed = {k: data[k][row:row + 1, :length] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        a = reference.run(["sentence_embedding"], feed)[0].ravel()
+        b = quantized.run(["sentence_embedding"], feed)[0].ravel()
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    assert np.mean(cosines) >= 0.99, np.mean(cosines)
+
+
+def test_effnet_lite0_top1_agreement(eval_dir):
+    folder = _case(eval_dir, "effnet_lite0")
+    result = _compile(folder)
+    images = np.load(folder / "eval.npz")["input"]
+    reference, quantized = _session(folder / "model.onnx"), _session(result.model)
+    agree = []
+    for start in range(0, images.shape[0], 20):
+        batch = {"input": images[start:start + 20]}
+        agree.extend(reference.run(None, batch)[0].argmax(1) == quantized.run(None, batch)[0].argmax(1))
+    assert np.mean(agree) >= 0.90, np.mean(agree)
