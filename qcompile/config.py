@@ -274,6 +274,9 @@ def _override_from_mapping(data: Mapping[str, Any], index: int) -> NodeOverride:
     if not isinstance(data.get("pattern"), str):
         raise ConfigError(f"{where}.pattern must be a string (a regex matched against node names)")
     base = CompileConfig()
+    for role in ("activation", "weight"):
+        if role in data and not isinstance(data[role], Mapping):
+            raise ConfigError(f"{where}.{role} must be a table")
     return NodeOverride(
         pattern=data["pattern"],
         skip=_bool(data.get("skip", False), f"{where}.skip"),
@@ -306,7 +309,10 @@ def _image_from_mapping(data: Any, base: ImageOptions) -> ImageOptions:
     for key, value in data.items():
         if key == "layout":
             kwargs[key] = _enum(ImageLayout, value, "calibration.image.layout")
-        elif key == "size":
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"calibration.image.{key} must be an array, e.g. {key} = [224, 224]")
+        if key == "size":
             kwargs[key] = tuple(_int(v, "calibration.image.size") for v in value)
         else:
             kwargs[key] = tuple(_float(v, f"calibration.image.{key}") for v in value)
