@@ -55,7 +55,7 @@ class FoldBatchNormPass(GraphPass):
             bias = producer.inputs[2].values if len(producer.inputs) > 2 else np.zeros(out_channels, np.float32)
             new_w, new_b = fold_bn_into_weights(weight.values, bias, *(p.values for p in params),
                                                 float(bn.attrs.get("epsilon", 1e-5)), axis)
-            producer.inputs[1] = gs.Constant(f"{weight.name}_bnfolded", new_w)
+            producer.inputs[1] = gs.Constant(f"{weight.name}_bnfolded_{producer.name}", new_w)
             bias_const = gs.Constant(f"{producer.name}_bias_bnfolded", new_b)
             if len(producer.inputs) > 2:
                 producer.inputs[2] = bias_const

@@ -1,6 +1,7 @@
 """Shape and type inference: annotate every tensor with its element type and (possibly symbolic) shape.
 
-Runs ONNX's inference on the exported model with data propagation and keeps what it found; where it fails
+Runs ONNX's inference from scratch (intermediate annotations dropped first, so shapes that became known after
+a fold replace stale unknown dims) with data propagation and keeps what it found; where it fails
 (contrib ops, unknown domains) the graph keeps what it had and the failure is reported, not raised.
 """
 
@@ -19,6 +20,8 @@ logger = logging.getLogger(__name__)
 class InferShapesPass(GraphPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         model = gs.export_onnx(graph, do_type_check=False)
+        # infer from scratch: stale intermediate shapes (e.g. unknown dims from before a fold) would be kept
+        del model.graph.value_info[:]
         try:
             inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
                                                          data_prop=True)
@@ -36,6 +39,6 @@ class InferShapesPass(GraphPass):
                 if tensor.dtype is None and other.dtype is not None:
                     tensor.dtype = other.dtype
                     annotated += 1
-                if tensor.shape is None and other.shape is not None:
+                if other.shape is not None and tensor not in graph.inputs:
                     tensor.shape = other.shape
         return PassResult(modified=False, stats={"annotated": annotated})

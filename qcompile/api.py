@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tempfile
 import hashlib
 import logging
 import time
@@ -19,7 +20,7 @@ from qcompile import __version__
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
-from qcompile.errors import QCompileError, UnsupportedModelError
+from qcompile.errors import CalibrationDataError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
 from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
@@ -83,7 +84,8 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str):
     if not enabled:
         return contextlib.nullcontext(None)
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (CI logs, pipes), so errors stay one clean line
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)
 
 
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
@@ -92,8 +94,40 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     config = config or CompileConfig()
     started = time.perf_counter()
     loaded = load_model(model)
-    source = open_calibration_source(calib, model_input_specs(loaded.model),
-                                     num_samples=config.calibration.num_samples, image=config.calibration.image)
+    specs = model_input_specs(loaded.model)
+    with contextlib.ExitStack() as stack:
+        if _is_one_shot(calib):
+            calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
+                                     Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
+        source = open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
+                                         image=config.calibration.image)
+        return _compile(loaded, source, config, progress, started)
+
+
+def _is_one_shot(calib: object) -> bool:
+    return not isinstance(calib, (str, Path, bytes)) and hasattr(calib, "__next__") and iter(calib) is calib
+
+
+def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Path) -> Path:
+    """A one-shot iterator is written item by item to .npz files, so it can be read several times
+    (ranges, then fidelity) with memory that does not grow with the number of items."""
+    for index, item in enumerate(items):
+        if cap is not None and index >= cap:
+            break
+        if not isinstance(item, Mapping):
+            if len(specs) != 1:
+                raise CalibrationDataError(f"calibration item {index} is a {type(item).__name__}, not a dict of "
+                                           "input name -> array")
+            item = {specs[0].name: item}
+        arrays = {str(k): np.asarray(v) for k, v in item.items()}
+        if any(a.dtype == object for a in arrays.values()):
+            raise CalibrationDataError(f"calibration item {index} holds non-numeric (object) arrays")
+        np.savez(folder / f"item_{index:08d}.npz", **arrays)
+    return folder
+
+
+def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConfig, progress: bool,
+             started: float) -> CompileResult:
     profile = resolve_profile(config.target)
     working, config, opset_note = _prepare_opset(loaded.model, config)
     graph = gs.import_onnx(working)
@@ -113,7 +147,11 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     quantized = _export(graph, working)
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
-        logger.warning("no node was quantised: see the report's skipped nodes for the reasons")
+        skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
+        message = ("no node was quantised: " + (f"{len(skipped)} compute node(s) skipped, see nodes[].reason"
+                   if skipped else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
+        logger.warning(message)
+        ctx.warnings.append(message)
     fusion = check_fusion(quantized, quantized_names) if quantized_names else None
     if fusion is not None and fusion.unfused:
         message = f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}"

@@ -119,6 +119,39 @@ class GraphPass(abc.ABC):
         return result, seconds
 
 
+class RepeatUntilStable(GraphPass):
+    """Run a group of passes again while any of them changes the graph (at most ``max_rounds`` times).
+
+    Folding exposes more folding: a Pad whose amounts come from the shape of a tensor that is only known
+    once an earlier Pad was folded needs a second round.
+    """
+
+    def __init__(self, passes: Sequence[GraphPass], max_rounds: int = 4) -> None:
+        self.passes = tuple(passes)
+        self.max_rounds = max_rounds
+
+    @property
+    def name(self) -> str:
+        return "RepeatUntilStable(" + ", ".join(p.name for p in self.passes) + ")"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        totals: dict[str, int] = {}
+        modified_any = False
+        rounds = 0
+        for rounds in range(1, self.max_rounds + 1):
+            modified = False
+            for graph_pass in self.passes:
+                result, _ = graph_pass(graph, ctx)
+                modified |= result.modified
+                for key, value in result.stats.items():
+                    totals[f"{graph_pass.name}.{key}"] = totals.get(f"{graph_pass.name}.{key}", 0) + value
+            modified_any |= modified
+            if not modified:
+                break
+        totals["rounds"] = rounds
+        return PassResult(modified=modified_any, stats=totals)
+
+
 class CalibratedPass(GraphPass):
     """A pass that needs statistics gathered on calibration data before it runs."""
 

@@ -1,7 +1,7 @@
 """The one place where pass order is decided.
 
-    prepare   : name nodes → infer shapes → fold constants (Constant nodes, shape subgraphs) → fold BatchNorm → fold Pad
-                into Conv → infer shapes again                                            (no data)
+    prepare   : name nodes → repeat until stable [infer shapes → fold constants (Constant nodes, shape
+                subgraphs) → fold BatchNorm → fold Pad into Conv] → infer shapes          (no data)
     quantize  : select nodes, insert Q/DQ                                                  (activation ranges)
     lower     : remove what the rewrite left unused                                        (no data)
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig
-from qcompile.pass_infra import GraphPass, PassContext, PassResult, Step
+from qcompile.pass_infra import GraphPass, PassContext, PassResult, RepeatUntilStable, Step
 from qcompile.passes.fold_batchnorm import FoldBatchNormPass
 from qcompile.passes.fold_constants import FoldConstantsPass
 from qcompile.passes.fuse_pad_into_conv import FusePadIntoConvPass
@@ -29,8 +29,8 @@ class CleanupPass(GraphPass):
 
 def build_steps(config: CompileConfig) -> list[Step]:
     return [
-        Step("prepare", (NameNodesPass(), InferShapesPass(), FoldConstantsPass(), FoldBatchNormPass(),
-                         FusePadIntoConvPass(),
+        Step("prepare", (NameNodesPass(), RepeatUntilStable((InferShapesPass(), FoldConstantsPass(),
+                                                             FoldBatchNormPass(), FusePadIntoConvPass())),
                          InferShapesPass())),
         Step("quantize", (InsertQDQPass(),)),
         Step("lower", (CleanupPass(),)),

@@ -202,10 +202,6 @@ def test_graph_without_quantizable_nodes_compiles_unchanged():
     np.testing.assert_array_equal(_session(result.model).run(None, {"x": x})[0], np.maximum(x, 0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with nothing quantised, api.compile_model only logs 'no node was quantised: see the report's skipped "
-    "nodes' but appends nothing to report['warnings'], and plan_quantization records skip reasons only for "
-    "Conv/ConvTranspose/MatMul/Gemm, so report['nodes'] is empty: the report never says why"))
 def test_graph_without_quantizable_nodes_report_says_why():
     result = compile_model(_relu_model(), [{"x": np.ones((1, 4), np.float32)}])
     data = result.report.data
@@ -236,10 +232,6 @@ def test_num_samples_cuts_a_batched_item():
     assert entry["max"] == pytest.approx(float(batch[:2].max()), rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: compile_model accepts any Iterable of feed dicts, but collect_statistics iterates the source twice "
-    "(_plan_groups peeks the first item, then the streaming loop) and measure_fidelity a third time, so a "
-    "generator always fails with 'one-shot iterator ... already consumed'"))
 def test_generator_calibration():
     samples = make_samples("tiny_cnn", 4)
     result = compile_model(tiny_cnn(), (s for s in samples), CompileConfig(fidelity_samples=0))

@@ -243,10 +243,6 @@ def test_unknown_op_type_flag(tmp_path, tiny_cnn_case):
     _assert_user_error(result, tmp_path, before, "Softmax")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: progress bars are on by default and api._progress builds tqdm without disable=None, so they are "
-    "drawn even when stderr is not a terminal (pipes, CI logs): the error line is preceded by "
-    "'\\rcompile:   0%|...' fragments instead of being the single 'error: ...' line"))
 def test_error_is_one_clean_line_without_no_progress(tmp_path, tiny_cnn_case):
     model, calib = tiny_cnn_case
     result = _invoke(model, "--calib", calib, "--exclude", "conv_typo")

@@ -133,10 +133,6 @@ def test_tiny_cnn_bn_is_folded():
     np.testing.assert_allclose(_run(folded, feed)[0], before, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: FoldBatchNormPass names every folded weight f'{weight.name}_bnfolded'; two Convs sharing one weight, "
-    "each followed by its own BN, get two different constants with the SAME name, so the exported graph keeps "
-    "only one of them and the second Conv computes with the first BN's folded weights (outputs off by ~10)"))
 def test_shared_weight_two_bns():
     rng = np.random.default_rng(3)
     inits = [_arr("W", rng.standard_normal((4, 3, 3, 3)))] + _bn_params(rng, 4, "bn0") + _bn_params(rng, 4, "bn1")

@@ -151,10 +151,6 @@ def test_constant_pads_from_generator_model_after_prepare():
     np.testing.assert_allclose(_run(out, feed)[0], before, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pipeline.build_steps runs InferShapes -> FoldConstants -> FusePad once; the second SAME-Pad of "
-    "shape_computed_pad_cnn reads the shape of a tensor that is only inferable after the first Pad was folded, "
-    "so its Shape->...->Concat subgraph and the Pad survive compilation (no fixed-point iteration)"))
 def test_compile_folds_every_shape_computed_pad():
     from models.generate import make_samples, shape_computed_pad_cnn
     from qcompile.api import compile_model
