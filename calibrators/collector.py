@@ -53,7 +53,9 @@ def _output_model(graph: gs.Graph, tensor_names: Sequence[str]):
 
 def _session(model, providers: Sequence[str], threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # no graph optimisation: ranges are those of the graph as written, whatever tensors a group exposes
+    # (with fusions on, Conv+BN fuse only when the Conv output is not requested, changing the rounding)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads

@@ -129,15 +129,11 @@ def test_tiny_memory_budget_gives_identical_ranges(model, samples, caplog):
     assert source.passes == 1 + 6
     assert any("6 passes" in record.getMessage() for record in caplog.records)
     for request in requests:
-        # the same up to float32 rounding (see the bit-exact xfail below)
+        # the same up to float32 rounding (see the bit-exact test below)
         np.testing.assert_allclose(float(small[request].min), float(big[request].min), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(float(small[request].max), float(big[request].max), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor, reproducibility): collector sessions run with ORT_ENABLE_BASIC, whose Conv+BatchNormalization "
-    "fusion applies only when the Conv output is not itself requested; so the tensors a group happens to share "
-    "(which depends on memory_budget_bytes) change the float rounding: relu1_out max 10.060786 vs 10.060787"))
 def test_tiny_memory_budget_is_bit_exact(model, samples):
     graph = gs.import_onnx(model)
     requests = [StatRequest(name) for name in TENSORS[:6]]
