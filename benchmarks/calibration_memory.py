@@ -91,13 +91,8 @@ def _tensors_to_calibrate(model) -> list[str]:
 
 
 def _import_collector():
-    try:
-        from qcompile.calibrators.collector import collect_statistics
-    except ModuleNotFoundError:
-        # Tolerate a checkout where the calibrators package sits at the repository root.
-        import qcompile
-        qcompile.__path__.append(str(REPO_ROOT))
-        from qcompile.calibrators.collector import collect_statistics
+    # needs the installed package (pip install -e .): it maps calibrators/ to qcompile.calibrators
+    from qcompile.calibrators.collector import collect_statistics
     return collect_statistics
 
 
@@ -170,9 +165,8 @@ def worker(case: str, impl: str, method: str, count: int, as_limit_gb: float) ->
 def run_child(case, impl, method, count, timeout, as_limit_gb) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case, impl, method, str(count),
            "--as-limit-gb", str(as_limit_gb)]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": "timeout"}
     for line in proc.stdout.splitlines():
@@ -184,8 +178,8 @@ def run_child(case, impl, method, count, timeout, as_limit_gb) -> dict:
     if any(m in text for m in ("MemoryError", "bad_alloc", "Failed to allocate", "Cannot allocate")) \
             or proc.returncode in (-9, 137):
         return {"status": "out of memory"}
-    last = (text.strip().splitlines() or ["?"])[-1]
-    return {"status": "error", "detail": last[:200]}
+    lines = [ln for ln in text.strip().splitlines() if "Error" in ln or "Exception" in ln] or ["?"]
+    return {"status": "error", "detail": lines[-1][:200]}
 
 
 def _fmt(value, digits=1):
@@ -224,7 +218,7 @@ def main(argv=None) -> int:
                     print(f"# {case} {method} {impl} n={count}: {json.dumps(res[count])}", file=sys.stderr,
                           flush=True)
                 a, b = res[small], res[large]
-                cell = lambda r, key, d=1: _fmt(r[key], d) if r.get("status") == "ok" else r.get("status")
+                cell = lambda r, key, d=1: _fmt(r[key], d) if r.get("status") == "ok" else r.get("status")  # noqa: E731
                 ok = a.get("status") == "ok" and b.get("status") == "ok"
                 ratio = _fmt(b["rss_mb"] / a["rss_mb"], 2) if ok else "-"
                 per = _fmt(1000 * b["time_s"] / large, 2) if b.get("status") == "ok" else b.get("status")
