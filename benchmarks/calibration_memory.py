@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 
 EVAL_ROOT = Path("/work/shared/eval")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("minmax", "percentile", "entropy", "mse")
 SAMPLES = (16, 128)
 
