@@ -111,9 +111,10 @@ def _update(calibrator, name: str, array: np.ndarray) -> None:
         raise CalibrationError(f"tensor {name!r} is {array.dtype}, not float: it cannot be calibrated")
     if array.size == 0:
         return
-    if not np.all(np.isfinite(array)):
-        raise CalibrationError(f"tensor {name!r} holds NaN/Inf on calibration data; the FP32 model overflows there")
-    calibrator.update(array.astype(np.float32, copy=False))
+    try:
+        calibrator.update(array.astype(np.float32, copy=False))  # every calibrator rejects NaN/Inf
+    except CalibrationError as exc:
+        raise CalibrationError(f"tensor {name!r} on calibration data: {exc} (the FP32 model overflows there)") from exc
 
 
 def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, providers, threads) -> list[list[str]]:

@@ -18,7 +18,7 @@ from typing import Self
 
 import numpy as np
 
-from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
+from qcompile.calibrators.base import State, check_finite, check_same, float_array, no_data_error
 from qcompile.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ class MinMaxCalibrator:
         return self._batches
 
     def update(self, batch: np.ndarray) -> None:
-        x = finite_array(batch, "MinMaxCalibrator")
+        x = float_array(batch)
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
+        check_finite(lo, hi, "MinMaxCalibrator")  # NaN/Inf show in the min or max: no extra pass
         c = self.moving_average
         if c is None:
             self._min, self._max = min(self._min, lo), max(self._max, hi)
