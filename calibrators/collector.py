@@ -76,9 +76,12 @@ def collect_statistics(graph: gs.Graph, requests: Sequence[StatRequest], source:
     computed = [name for name in by_tensor if name not in input_names]
     calibrators = {request: _make_calibrator(request) for request in requests}
 
-    groups = _plan_groups(graph, computed, source, memory_budget_bytes, providers, threads)
+    groups, sizing_session = _plan_groups(graph, computed, source, memory_budget_bytes, providers, threads)
     for index, group in enumerate(groups):
-        session = _session(_output_model(graph, group), providers, threads) if group else None
+        if len(groups) == 1:
+            session = sizing_session  # one group = every tensor: the sizing session already exposes them
+        else:
+            session = _session(_output_model(graph, group), providers, threads) if group else None
         output_names = [o.name for o in session.get_outputs()] if session else []
         first = index == 0
         seen = 0
@@ -117,17 +120,20 @@ def _update(calibrator, name: str, array: np.ndarray) -> None:
         raise CalibrationError(f"tensor {name!r} on calibration data: {exc} (the FP32 model overflows there)") from exc
 
 
-def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, providers, threads) -> list[list[str]]:
-    """Split tensors into groups whose activations fit the budget; sizes measured on the first sample."""
+def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, providers, threads
+                 ) -> tuple[list[list[str]], ort.InferenceSession | None]:
+    """Split tensors into groups whose activations fit the budget; sizes measured on the first sample.
+
+    Also returns the sizing session (all tensors as outputs), which serves as-is when one group suffices.
+    """
     if not names:
-        return [[]]
+        return [[]], None
     first_feed = next(iter(source), None)
     if first_feed is None:
         raise CalibrationDataError("calibration data is empty")
     session = _session(_output_model(graph, names), providers, threads)
     output_names = [o.name for o in session.get_outputs()]
     sizes = {n: a.nbytes for n, a in zip(output_names, session.run(output_names, dict(first_feed)))}
-    del session
     groups: list[list[str]] = [[]]
     used = 0
     for name in names:
@@ -139,4 +145,5 @@ def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, provide
     if len(groups) > 1:
         logger.info("activations exceed the %d MiB budget: calibrating in %d passes over the data",
                     budget >> 20, len(groups))
-    return groups
+        return groups, None  # drop the all-tensor session before the grouped ones are built
+    return groups, session

@@ -234,13 +234,12 @@ class InsertQDQPass(CalibratedPass):
 
         # 2. Q -> DQ per activation point (remember each node's float input first: rewiring renames it)
         node_input = {name: node.inputs[0].name for name, (node, _, _) in plan.nodes.items()}
-        dq_outputs: dict[str, gs.Variable] = {}
         for name, point in plan.points.items():
-            dq_outputs[name] = self._insert_activation_qdq(graph, point, act_params[name])
+            self._insert_activation_qdq(graph, point, act_params[name])
             stats["activation_qdq"] += 1
 
         # 3. weights and biases
-        weight_cache: dict[tuple, tuple[gs.Variable, QParams]] = {}
+        weight_cache: dict[tuple, tuple[gs.Variable, QParams, np.ndarray]] = {}
         for name, (node, selection, axis) in plan.nodes.items():
             w_index = _WEIGHT_INPUT[node.op]
             weight = node.inputs[w_index]
@@ -259,7 +258,7 @@ class InsertQDQPass(CalibratedPass):
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
                                                            profile.reduce_range, bias, x_params)
-            w_out, w_params = weight_cache[key]
+            w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
             detail = {"weight_dtype": selection.weight.dtype.value, "per_channel": axis is not None,
                       "reduce_range": profile.reduce_range, "activation_dtype": act_dtype.value,
@@ -267,8 +266,7 @@ class InsertQDQPass(CalibratedPass):
             if bias is not None:
                 if correct:
                     mean = ctx.range_of(_mean_request(node_input[name], node.op)).min
-                    shift = bias_correction_delta(node.op, weight.values, dequantize(quantize(weight.values, w_params),
-                                                                                     w_params), mean,
+                    shift = bias_correction_delta(node.op, weight.values, dequantize(w_quantized, w_params), mean,
                                                   int(node.attrs.get("group", 1)), bool(node.attrs.get("transB", 0)))
                     bias = gs.Constant(f"{bias.name}_corrected_{name}",
                                        (bias.values.astype(np.float64) - shift).astype(np.float32))
@@ -310,7 +308,7 @@ class InsertQDQPass(CalibratedPass):
     @staticmethod
     def _insert_weight_dq(graph: gs.Graph, weight: gs.Constant, axis: int | None, spec: QuantSpec,
                           reduce_range: bool, bias: gs.Constant | None,
-                          x_params: QParams) -> tuple[gs.Variable, QParams]:
+                          x_params: QParams) -> tuple[gs.Variable, QParams, np.ndarray]:
         values = weight.values.astype(np.float32)
         rng = weight_range(values, axis)
         params = compute_qparams(rng.min, rng.max, spec.dtype, symmetric=spec.symmetric,
@@ -329,7 +327,7 @@ class InsertQDQPass(CalibratedPass):
         attrs = {"axis": axis} if axis is not None else {}
         graph.nodes.append(gs.Node("DequantizeLinear", name=f"{base}_DQ", attrs=attrs,
                                    inputs=[q_const, scale, zero_point], outputs=[out]))
-        return out, params
+        return out, params, q_values
 
     @staticmethod
     def _insert_bias_dq(graph: gs.Graph, bias: gs.Constant, x_params: QParams, w_params: QParams, node_name: str) -> gs.Variable:

@@ -158,6 +158,7 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
         logger.warning(message)
         ctx.warnings.append(message)
     fidelity = measure_fidelity(loaded.model, quantized, source, config.fidelity_samples)
+    output_bytes = model_size_bytes(quantized)
 
     report = CompileReport({
         "report_version": REPORT_VERSION,
@@ -170,8 +171,8 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
             "skipped_compute_nodes": sum(1 for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED),
             "unfused_nodes": len(fusion.unfused) if fusion else 0,
             "input_bytes": loaded.size_bytes,
-            "output_bytes": model_size_bytes(quantized),
-            "size_ratio": model_size_bytes(quantized) / max(loaded.size_bytes, 1),
+            "output_bytes": output_bytes,
+            "size_ratio": output_bytes / max(loaded.size_bytes, 1),
             "compile_seconds": time.perf_counter() - started,
         },
         "fidelity": fidelity,

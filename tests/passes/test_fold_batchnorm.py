@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -14,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile.config import CompileConfig
 from qcompile.pass_infra import PassContext
 from qcompile.passes.fold_batchnorm import FoldBatchNormPass, fold_bn_into_weights
+from ort_reference import run_unoptimized
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -22,12 +22,6 @@ def _arr(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
 
 
-def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 def _apply(model: onnx.ModelProto):
@@ -77,7 +71,7 @@ X = np.random.default_rng(99).standard_normal((2, 3, 6, 6)).astype(np.float32)
 @pytest.mark.parametrize("bias", [True, False])
 def test_bn_folded_structure_and_numbers(op, bias):
     model = conv_bn_model(op, bias)
-    before = _run(model, {"x": X})[0]
+    before = run_unoptimized(model, {"x": X})[0]
     folded, result = _apply(model)
     assert _ops(model) == [op, "BatchNormalization"]
     assert _ops(folded) == [op]
@@ -85,16 +79,16 @@ def test_bn_folded_structure_and_numbers(op, bias):
     conv = folded.graph.node[0]
     assert len(conv.input) == 3  # a bias is added when the conv had none
     assert conv.output[0] == "y"  # the BN's output name is kept
-    after = _run(folded, {"x": X})[0]
+    after = run_unoptimized(folded, {"x": X})[0]
     np.testing.assert_allclose(after, before, rtol=RTOL, atol=ATOL)
 
 
 def test_bn_epsilon_is_used():
     # a tiny variance makes the epsilon matter: folding with the default 1e-5 would differ by far more than 1e-5
     model = conv_bn_model(epsilon=0.5)
-    before = _run(model, {"x": X})[0]
+    before = run_unoptimized(model, {"x": X})[0]
     folded, _ = _apply(model)
-    np.testing.assert_allclose(_run(folded, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_unoptimized(folded, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
 
 
 def test_bn_declined_when_conv_output_has_other_consumers():
@@ -103,7 +97,7 @@ def test_bn_declined_when_conv_output_has_other_consumers():
     assert result.modified is False
     assert result.stats == {"folded": 0, "declined": 1}
     assert sorted(_ops(folded)) == ["BatchNormalization", "Conv", "Relu"]
-    for a, b in zip(_run(folded, {"x": X}), _run(model, {"x": X})):
+    for a, b in zip(run_unoptimized(folded, {"x": X}), run_unoptimized(model, {"x": X})):
         np.testing.assert_array_equal(a, b)
 
 
@@ -125,12 +119,12 @@ def test_tiny_cnn_bn_is_folded():
     from models.generate import make_samples, tiny_cnn
     model = tiny_cnn()
     feed = make_samples("tiny_cnn", 1)[0]
-    before = _run(model, feed)[0]
+    before = run_unoptimized(model, feed)[0]
     folded, result = _apply(model)
     assert _ops(model).count("BatchNormalization") == 1
     assert "BatchNormalization" not in _ops(folded)
     assert len(folded.graph.node) == len(model.graph.node) - 1
-    np.testing.assert_allclose(_run(folded, feed)[0], before, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=1e-4, atol=1e-4)
 
 
 def test_shared_weight_two_bns():
@@ -145,10 +139,10 @@ def test_shared_weight_two_bns():
                               [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [2, 4, 6, 6]) for k in range(2)],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    before = _run(model, {"x": X})
+    before = run_unoptimized(model, {"x": X})
     folded, result = _apply(model)
     assert result.stats["folded"] == 2
-    for a, b in zip(_run(folded, {"x": X}), before):
+    for a, b in zip(run_unoptimized(folded, {"x": X}), before):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 

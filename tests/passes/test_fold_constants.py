@@ -13,16 +13,11 @@ from qcompile.config import CompileConfig
 from qcompile.pass_infra import PassContext
 from qcompile.passes.fold_constants import FoldConstantsPass
 from qcompile.passes.infer_shapes import InferShapesPass
+from ort_reference import run_unoptimized
 
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 def _fold(model: onnx.ModelProto, infer: bool = False):
@@ -47,7 +42,7 @@ def test_constant_weights_cnn_constants_and_identities_gone():
     from models.generate import constant_weights_cnn, make_samples
     model = constant_weights_cnn()
     feed = make_samples("constant_weights_cnn", 2)[0]
-    before = _run(model, feed)[0]
+    before = run_unoptimized(model, feed)[0]
     assert _ops(model).count("Constant") == 6 and _ops(model).count("Identity") == 2
     folded, result = _fold(model)
     ops = _ops(folded)
@@ -60,7 +55,7 @@ def test_constant_weights_cnn_constants_and_identities_gone():
     for node in folded.graph.node:
         if node.op_type in ("Conv", "MatMul"):
             assert node.input[1] in inits
-    np.testing.assert_allclose(_run(folded, feed)[0], before, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=RTOL, atol=ATOL)
 
 
 def test_all_constant_subgraph_is_evaluated():
@@ -77,13 +72,13 @@ def test_all_constant_subgraph_is_evaluated():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-    before = _run(model, {"x": x})[0]
+    before = run_unoptimized(model, {"x": x})[0]
     folded, result = _fold(model)
     assert _ops(folded) == ["MatMul"]
     weight = numpy_helper.to_array(next(t for t in folded.graph.initializer if t.name == folded.graph.node[0].input[1]))
     np.testing.assert_array_equal(weight, (np.arange(6, dtype=np.float32).reshape(2, 3) * 2).T)
     assert result.stats == {"nodes_removed": 4, "constant_nodes_before": 2}
-    np.testing.assert_allclose(_run(folded, {"x": x})[0], before, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_unoptimized(folded, {"x": x})[0], before, rtol=RTOL, atol=ATOL)
 
 
 def test_shape_arithmetic_over_static_dims_folds_with_symbolic_batch():
@@ -106,14 +101,14 @@ def test_shape_arithmetic_over_static_dims_folds_with_symbolic_batch():
     assert _ops(folded) == ["Reshape"]
     target = numpy_helper.to_array(next(t for t in folded.graph.initializer if t.name == folded.graph.node[0].input[1]))
     assert target.tolist() == [-1, 6]
-    np.testing.assert_array_equal(_run(folded, {"x": x})[0], x.reshape(5, 6))
+    np.testing.assert_array_equal(run_unoptimized(folded, {"x": x})[0], x.reshape(5, 6))
 
 
 def test_shape_computed_pad_first_pad_becomes_constant():
     from models.generate import make_samples, shape_computed_pad_cnn
     model = shape_computed_pad_cnn()
     feed = make_samples("shape_computed_pad_cnn", 1)[0]
-    before = _run(model, feed)[0]
+    before = run_unoptimized(model, feed)[0]
     assert _ops(model).count("Shape") == 2
     folded, result = _fold(model, infer=True)
     assert _ops(folded).count("Shape") <= 1
@@ -122,7 +117,7 @@ def test_shape_computed_pad_first_pad_becomes_constant():
     assert first_pad.input[0] == "input"
     assert inits[first_pad.input[1]].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
     assert result.stats["nodes_removed"] >= 14
-    np.testing.assert_allclose(_run(folded, feed)[0], before, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=1e-5, atol=1e-5)
 
 
 def test_nothing_to_fold_is_not_modified():
@@ -161,5 +156,5 @@ def test_constants_inside_if_branches_are_folded():
     then_ops = [n.op_type for n in folded.graph.node[0].attribute[0].g.node] + \
         [n.op_type for n in folded.graph.node[0].attribute[1].g.node]
     assert "Constant" not in then_ops
-    np.testing.assert_array_equal(_run(folded, {"x": x, "cond": np.array(True)})[0], 2 * x)
-    np.testing.assert_array_equal(_run(folded, {"x": x, "cond": np.array(False)})[0], -x)
+    np.testing.assert_array_equal(run_unoptimized(folded, {"x": x, "cond": np.array(True)})[0], 2 * x)
+    np.testing.assert_array_equal(run_unoptimized(folded, {"x": x, "cond": np.array(False)})[0], -x)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -14,17 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile.config import CompileConfig
 from qcompile.pass_infra import PassContext
 from qcompile.passes.fuse_pad_into_conv import FusePadIntoConvPass, merged_conv_pads
+from ort_reference import run_unoptimized
 
 RTOL, ATOL = 1e-5, 1e-5
 X = np.random.default_rng(7).standard_normal((2, 3, 9, 8)).astype(np.float32)
 
 
-def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 def _apply(model: onnx.ModelProto):
@@ -73,7 +67,7 @@ def pad_conv_model(pads, conv_pads=(1, 1, 1, 1), mode="constant", value=None, co
 ])
 def test_pad_folded_into_conv(pads, conv_pads, expected):
     model = pad_conv_model(pads, conv_pads)
-    before = _run(model, {"x": X})[0]
+    before = run_unoptimized(model, {"x": X})[0]
     fused, result = _apply(model)
     assert _ops(model) == ["Pad", "Conv"]
     assert _ops(fused) == ["Conv"]
@@ -81,25 +75,25 @@ def test_pad_folded_into_conv(pads, conv_pads, expected):
     conv = fused.graph.node[0]
     assert conv.input[0] == "x"
     assert list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))) == expected
-    after = _run(fused, {"x": X})[0]
+    after = run_unoptimized(fused, {"x": X})[0]
     assert after.shape == before.shape
     np.testing.assert_allclose(after, before, rtol=RTOL, atol=ATOL)
 
 
 def test_explicit_zero_pad_value_and_strides():
     model = pad_conv_model([0, 0, 0, 1, 0, 0, 1, 0], (1, 1, 1, 1), value=0.0, strides=(2, 2))
-    before = _run(model, {"x": X})[0]
+    before = run_unoptimized(model, {"x": X})[0]
     fused, result = _apply(model)
     assert _ops(fused) == ["Conv"]
-    np.testing.assert_allclose(_run(fused, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run_unoptimized(fused, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
 
 
 def test_pad_shared_by_two_convs_folds_into_both():
     model = pad_conv_model([0, 0, 1, 1, 0, 0, 1, 1], (0, 0, 0, 0), consumers=("Conv", "Conv"))
-    before = _run(model, {"x": X})
+    before = run_unoptimized(model, {"x": X})
     fused, result = _apply(model)
     assert _ops(fused) == ["Conv", "Conv"]
-    for a, b in zip(_run(fused, {"x": X}), before):
+    for a, b in zip(run_unoptimized(fused, {"x": X}), before):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
@@ -114,11 +108,11 @@ def test_pad_shared_by_two_convs_folds_into_both():
 ])
 def test_pad_declined(kwargs):
     model = pad_conv_model(**kwargs)
-    before = _run(model, {"x": X})
+    before = run_unoptimized(model, {"x": X})
     fused, result = _apply(model)
     assert "Pad" in _ops(fused)
     assert result.modified is False and result.stats == {"fused": 0, "declined": 1}
-    for a, b in zip(_run(fused, {"x": X}), before):
+    for a, b in zip(run_unoptimized(fused, {"x": X}), before):
         np.testing.assert_array_equal(a, b)
 
 
@@ -137,7 +131,7 @@ def test_constant_pads_from_generator_model_after_prepare():
     from qcompile.passes.infer_shapes import InferShapesPass
     model = shape_computed_pad_cnn()
     feed = make_samples("shape_computed_pad_cnn", 2)[0]
-    before = _run(model, feed)[0]
+    before = run_unoptimized(model, feed)[0]
     graph = gs.import_onnx(model)
     ctx = PassContext(config=CompileConfig(), target=None)
     InferShapesPass()(graph, ctx)
@@ -148,7 +142,7 @@ def test_constant_pads_from_generator_model_after_prepare():
     assert stem.inputs[0].name == "input"
     assert list(stem.attrs["pads"]) == [0, 0, 1, 1]  # SAME for 32 -> 16 with k3 s2
     out = gs.export_onnx(graph)
-    np.testing.assert_allclose(_run(out, feed)[0], before, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_unoptimized(out, feed)[0], before, rtol=1e-4, atol=1e-5)
 
 
 def test_compile_folds_every_shape_computed_pad():
