@@ -313,10 +313,11 @@ class InsertQDQPass(CalibratedPass):
         rng = weight_range(values, axis)
         params = compute_qparams(rng.min, rng.max, spec.dtype, symmetric=spec.symmetric,
                                  reduce_range=reduce_range, axis=axis)
-        if bias is not None and spec.symmetric and np.size(bias.values) in (1, np.size(params.scale)):
-            safe = bias_safe_weight_scale(params.scale, bias.values.reshape(np.shape(params.scale))
-                                          if np.size(params.scale) == np.size(bias.values) else bias.values.max(),
-                                          float(x_params.scale))
+        if bias is not None and spec.symmetric:
+            # per channel: each channel's own bias; per tensor: the largest |bias| bounds the one scale
+            limiting_bias = (bias.values.reshape(np.shape(params.scale))
+                             if np.size(params.scale) == np.size(bias.values) else np.max(np.abs(bias.values)))
+            safe = bias_safe_weight_scale(params.scale, limiting_bias, float(x_params.scale))
             params = QParams(scale=safe, zero_point=params.zero_point, dtype=params.dtype, axis=axis)
         q_values = quantize(values, params)
         base = weight.name

@@ -168,4 +168,5 @@ def bias_safe_weight_scale(weight_scale: np.ndarray, bias: np.ndarray, input_sca
     headroom for the accumulated products.
     """
     floor = np.abs(np.asarray(bias, dtype=np.float64)) / (float(input_scale) * limit)
-    return np.maximum(np.asarray(weight_scale, dtype=np.float64), floor).astype(np.float32)
+    # np.asarray: a 0-d (per-tensor) result must stay an array, not become a numpy scalar
+    return np.asarray(np.maximum(np.asarray(weight_scale, dtype=np.float64), floor), dtype=np.float32)

@@ -17,12 +17,8 @@ from ort_reference import run_unoptimized
 
 RTOL, ATOL = 1e-5, 1e-5
 
-
 def _arr(name: str, values) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
-
-
-
 
 def _apply(model: onnx.ModelProto):
     graph = gs.import_onnx(model)
@@ -32,15 +28,12 @@ def _apply(model: onnx.ModelProto):
     onnx.checker.check_model(out)
     return out, result
 
-
 def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
-
 
 def _bn_params(rng, c: int, prefix: str = "bn") -> list[onnx.TensorProto]:
     return [_arr(f"{prefix}.gamma", rng.uniform(0.2, 3.0, c)), _arr(f"{prefix}.beta", rng.normal(0, 1, c)),
             _arr(f"{prefix}.mean", rng.normal(0, 1, c)), _arr(f"{prefix}.var", rng.uniform(0.05, 4.0, c))]
-
 
 def conv_bn_model(op: str = "Conv", bias: bool = True, extra_consumer: bool = False, seed: int = 0,
                   epsilon: float = 1e-3) -> onnx.ModelProto:
@@ -63,9 +56,7 @@ def conv_bn_model(op: str = "Conv", bias: bool = True, extra_consumer: bool = Fa
                               outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
-
 X = np.random.default_rng(99).standard_normal((2, 3, 6, 6)).astype(np.float32)
-
 
 @pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
 @pytest.mark.parametrize("bias", [True, False])
@@ -82,14 +73,12 @@ def test_bn_folded_structure_and_numbers(op, bias):
     after = run_unoptimized(folded, {"x": X})[0]
     np.testing.assert_allclose(after, before, rtol=RTOL, atol=ATOL)
 
-
 def test_bn_epsilon_is_used():
     # a tiny variance makes the epsilon matter: folding with the default 1e-5 would differ by far more than 1e-5
     model = conv_bn_model(epsilon=0.5)
     before = run_unoptimized(model, {"x": X})[0]
     folded, _ = _apply(model)
     np.testing.assert_allclose(run_unoptimized(folded, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
-
 
 def test_bn_declined_when_conv_output_has_other_consumers():
     model = conv_bn_model(extra_consumer=True)
@@ -99,7 +88,6 @@ def test_bn_declined_when_conv_output_has_other_consumers():
     assert sorted(_ops(folded)) == ["BatchNormalization", "Conv", "Relu"]
     for a, b in zip(run_unoptimized(folded, {"x": X}), run_unoptimized(model, {"x": X})):
         np.testing.assert_array_equal(a, b)
-
 
 def test_bn_after_non_conv_is_declined():
     rng = np.random.default_rng(1)
@@ -114,7 +102,6 @@ def test_bn_after_non_conv_is_declined():
     assert _ops(folded) == ["Relu", "BatchNormalization"]
     assert result.stats == {"folded": 0, "declined": 1}
 
-
 def test_tiny_cnn_bn_is_folded():
     from models.generate import make_samples, tiny_cnn
     model = tiny_cnn()
@@ -125,7 +112,6 @@ def test_tiny_cnn_bn_is_folded():
     assert "BatchNormalization" not in _ops(folded)
     assert len(folded.graph.node) == len(model.graph.node) - 1
     np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=1e-4, atol=1e-4)
-
 
 def test_shared_weight_two_bns():
     rng = np.random.default_rng(3)
@@ -145,9 +131,7 @@ def test_shared_weight_two_bns():
     for a, b in zip(run_unoptimized(folded, {"x": X}), before):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
-
 # ---------------------------------------------------------------------------------------------- math
-
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), cout=st.integers(1, 6), cin=st.integers(1, 4),
@@ -174,7 +158,6 @@ def test_fold_bn_into_weights_equals_bn_of_linear(seed, cout, cin, epsilon, axis
     tolerance = 1e-5 * (1 + scale * (np.abs(wm) @ np.abs(x) + np.abs(b)[:, None] + np.abs(mean)[:, None])
                         + np.abs(beta)[:, None])
     assert np.all(np.abs(folded - reference) <= tolerance)
-
 
 def test_fold_bn_identity_bn_is_a_no_op():
     w = np.arange(12, dtype=np.float32).reshape(3, 4)

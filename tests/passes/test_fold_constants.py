@@ -17,9 +17,6 @@ from ort_reference import run_unoptimized
 
 RTOL, ATOL = 1e-5, 1e-6
 
-
-
-
 def _fold(model: onnx.ModelProto, infer: bool = False):
     graph = gs.import_onnx(model)
     ctx = PassContext(config=CompileConfig(), target=None)
@@ -33,10 +30,8 @@ def _fold(model: onnx.ModelProto, infer: bool = False):
     onnx.checker.check_model(out)
     return out, result
 
-
 def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
-
 
 def test_constant_weights_cnn_constants_and_identities_gone():
     from models.generate import constant_weights_cnn, make_samples
@@ -56,7 +51,6 @@ def test_constant_weights_cnn_constants_and_identities_gone():
         if node.op_type in ("Conv", "MatMul"):
             assert node.input[1] in inits
     np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=RTOL, atol=ATOL)
-
 
 def test_all_constant_subgraph_is_evaluated():
     a = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "a_value")
@@ -80,7 +74,6 @@ def test_all_constant_subgraph_is_evaluated():
     assert result.stats == {"nodes_removed": 4, "constant_nodes_before": 2}
     np.testing.assert_allclose(run_unoptimized(folded, {"x": x})[0], before, rtol=RTOL, atol=ATOL)
 
-
 def test_shape_arithmetic_over_static_dims_folds_with_symbolic_batch():
     """Reshape target computed as Concat(Shape(x)[0:1]... ) keeps the symbolic batch dim dynamic, but the
     product of the static dims folds: x [N,2,3] -> Reshape(x, [-1, 2*3])."""
@@ -103,7 +96,6 @@ def test_shape_arithmetic_over_static_dims_folds_with_symbolic_batch():
     assert target.tolist() == [-1, 6]
     np.testing.assert_array_equal(run_unoptimized(folded, {"x": x})[0], x.reshape(5, 6))
 
-
 def test_shape_computed_pad_first_pad_becomes_constant():
     from models.generate import make_samples, shape_computed_pad_cnn
     model = shape_computed_pad_cnn()
@@ -119,7 +111,6 @@ def test_shape_computed_pad_first_pad_becomes_constant():
     assert result.stats["nodes_removed"] >= 14
     np.testing.assert_allclose(run_unoptimized(folded, feed)[0], before, rtol=1e-5, atol=1e-5)
 
-
 def test_nothing_to_fold_is_not_modified():
     from models.generate import tiny_cnn
     model = tiny_cnn()
@@ -127,7 +118,6 @@ def test_nothing_to_fold_is_not_modified():
     assert result.modified is False
     assert result.stats == {"nodes_removed": 0, "constant_nodes_before": 0}
     assert _ops(folded) == _ops(model)
-
 
 def test_unused_graph_inputs_are_kept():
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
@@ -137,7 +127,6 @@ def test_unused_graph_inputs_are_kept():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     folded, _ = _fold(model)
     assert [i.name for i in folded.graph.input] == ["x", "unused"]
-
 
 def test_constants_inside_if_branches_are_folded():
     then_nodes = [helper.make_node("Constant", [], ["c"], name="then_const",

@@ -18,9 +18,6 @@ from ort_reference import run_unoptimized
 RTOL, ATOL = 1e-5, 1e-5
 X = np.random.default_rng(7).standard_normal((2, 3, 9, 8)).astype(np.float32)
 
-
-
-
 def _apply(model: onnx.ModelProto):
     graph = gs.import_onnx(model)
     result, _ = FusePadIntoConvPass()(graph, PassContext(config=CompileConfig(), target=None))
@@ -28,10 +25,8 @@ def _apply(model: onnx.ModelProto):
     onnx.checker.check_model(out)
     return out, result
 
-
 def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
-
 
 def pad_conv_model(pads, conv_pads=(1, 1, 1, 1), mode="constant", value=None, consumers=("Conv",),
                    auto_pad=None, strides=(1, 1)) -> onnx.ModelProto:
@@ -59,7 +54,6 @@ def pad_conv_model(pads, conv_pads=(1, 1, 1, 1), mode="constant", value=None, co
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return onnx.shape_inference.infer_shapes(model)
 
-
 @pytest.mark.parametrize("pads, conv_pads, expected", [
     ([0, 0, 1, 2, 0, 0, 2, 1], (1, 1, 1, 1), [2, 3, 3, 2]),
     ([0, 0, 0, 1, 0, 0, 1, 0], (0, 0, 0, 0), [0, 1, 1, 0]),
@@ -79,14 +73,12 @@ def test_pad_folded_into_conv(pads, conv_pads, expected):
     assert after.shape == before.shape
     np.testing.assert_allclose(after, before, rtol=RTOL, atol=ATOL)
 
-
 def test_explicit_zero_pad_value_and_strides():
     model = pad_conv_model([0, 0, 0, 1, 0, 0, 1, 0], (1, 1, 1, 1), value=0.0, strides=(2, 2))
     before = run_unoptimized(model, {"x": X})[0]
     fused, result = _apply(model)
     assert _ops(fused) == ["Conv"]
     np.testing.assert_allclose(run_unoptimized(fused, {"x": X})[0], before, rtol=RTOL, atol=ATOL)
-
 
 def test_pad_shared_by_two_convs_folds_into_both():
     model = pad_conv_model([0, 0, 1, 1, 0, 0, 1, 1], (0, 0, 0, 0), consumers=("Conv", "Conv"))
@@ -95,7 +87,6 @@ def test_pad_shared_by_two_convs_folds_into_both():
     assert _ops(fused) == ["Conv", "Conv"]
     for a, b in zip(run_unoptimized(fused, {"x": X}), before):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-
 
 @pytest.mark.parametrize("kwargs", [
     dict(pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.5),                        # non-zero pad value
@@ -115,13 +106,11 @@ def test_pad_declined(kwargs):
     for a, b in zip(run_unoptimized(fused, {"x": X}), before):
         np.testing.assert_array_equal(a, b)
 
-
 def test_pad_that_is_a_graph_output_is_declined():
     model = pad_conv_model([0, 0, 1, 1, 0, 0, 1, 1], (0, 0, 0, 0))
     model.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
     fused, result = _apply(model)
     assert "Pad" in _ops(fused) and result.stats["fused"] == 0
-
 
 def test_constant_pads_from_generator_model_after_prepare():
     """shape_computed_pad_cnn: the first SAME-Pad reads the graph input's static H, W; after constant folding
@@ -144,7 +133,6 @@ def test_constant_pads_from_generator_model_after_prepare():
     out = gs.export_onnx(graph)
     np.testing.assert_allclose(run_unoptimized(out, feed)[0], before, rtol=1e-4, atol=1e-5)
 
-
 def test_compile_folds_every_shape_computed_pad():
     from models.generate import make_samples, shape_computed_pad_cnn
     from qcompile.api import compile_model
@@ -153,11 +141,9 @@ def test_compile_folds_every_shape_computed_pad():
     ops = [n.op_type for n in result.model.graph.node]
     assert "Pad" not in ops and "Shape" not in ops
 
-
 # ---------------------------------------------------------------------------------------------- math
 
 spatial_pads = st.lists(st.integers(0, 5), min_size=2, max_size=6).filter(lambda v: len(v) % 2 == 0)
-
 
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), spatial=st.integers(1, 3), has_conv_pads=st.booleans())
@@ -173,7 +159,6 @@ def test_merged_conv_pads_adds_spatial_pads(data, spatial, has_conv_pads):
         [base[spatial + i] + ends[i] for i in range(spatial)]
     assert all(isinstance(v, int) for v in merged)
 
-
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), spatial=st.integers(1, 3))
 def test_merged_conv_pads_declines_batch_channel_and_negative(data, spatial):
@@ -186,10 +171,8 @@ def test_merged_conv_pads_declines_batch_channel_and_negative(data, spatial):
     else:
         assert merged is not None and len(merged) == 2 * spatial
 
-
 def test_merged_conv_pads_rank_mismatch_declined():
     assert merged_conv_pads([1, 1], np.array([0, 0, 1, 1, 0, 0, 1, 1])) is None
-
 
 def test_merged_conv_pads_matches_numpy_convolution():
     """Conv(Pad(x)) == Conv(x; merged pads) on a numpy reference for a 1-D conv."""

@@ -207,3 +207,21 @@ def test_compiled_model_runs_in_ort_and_matches_fp32_closely():
     y_q = q.run(None, {"x": held_out})[0]
     cos = np.sum(y_ref * y_q, axis=1) / (np.linalg.norm(y_ref, axis=1) * np.linalg.norm(y_q, axis=1))
     assert np.all(cos >= 0.99)
+
+
+def test_per_tensor_weight_scale_bounds_the_most_negative_bias():
+    """A per-tensor weight scale must keep every int32 bias in range, negative ones included."""
+    import onnx_graphsurgeon as gs
+
+    from qcompile.config import Granularity, QuantSpec
+    from qcompile.passes.insert_qdq import InsertQDQPass
+    from qcompile.qparams import BIAS_INT32_LIMIT, QParams, QuantDType
+
+    weight = gs.Constant("w", np.full((2, 1, 1, 1), 1e-12, dtype=np.float32))
+    bias = gs.Constant("b", np.array([1.0, -1000.0], dtype=np.float32))
+    x_params = QParams(scale=np.float32(0.01), zero_point=np.uint8(0), dtype=QuantDType.UINT8)
+    graph = gs.Graph()
+    _, w_params, _ = InsertQDQPass._insert_weight_dq(
+        graph, weight, None, QuantSpec(dtype=QuantDType.INT8, symmetric=True, granularity=Granularity.TENSOR),
+        False, bias, x_params)
+    assert np.max(np.abs(bias.values)) / (0.01 * float(w_params.scale)) <= BIAS_INT32_LIMIT * (1 + 1e-6)
