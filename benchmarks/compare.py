@@ -11,6 +11,17 @@ Methods (all on the same calibration folder and the same eval data, in one proce
     ort_static        onnxruntime.quantization.quantize_static, QDQ, MinMax, defaults
     ort_static_best   quantize_static, QDQ, MinMax, per_channel=True, reduce_range=True
     ort_dynamic       onnxruntime.quantization.quantize_dynamic, weight_type=QInt8, defaults
+    inc_static        Intel Neural Compressor (onnx-neural-compressor) StaticQuantConfig defaults   (--inc-python)
+    inc_smoothquant   INC SmoothQuantConfig, alpha 0.5, per-channel weights                        (--inc-python)
+    qcompile_w4a16    qcompile.compile_model(..., CompileConfig(preset=Preset.W4A16))    (INT4 weight-only)
+    ort_matmulnbits   onnxruntime MatMulNBitsQuantizer, 4 bits, block 32, symmetric      (INT4 weight-only)
+
+Default methods per case: all of them, except that inc_smoothquant, qcompile_w4a16 and ort_matmulnbits
+(methods for weight matrices of transformer-style MatMuls) run only on models with at least one MatMul whose
+second input is a constant (an initializer or a Constant node's output); --methods picks an explicit list for
+every case. The INC methods run their child under the interpreter given by --inc-python (INC needs numpy<2, so
+it lives in its own venv, see benchmarks/README.md) with benchmarks/inc_worker.py; without the option, or when
+that interpreter cannot import onnx_neural_compressor, they are reported as "not available: <reason>".
 
 Each quantiser runs in a fresh child process (``--_compile-worker``); its compile time is measured inside the
 child around load + quantise + save (interpreter start and imports excluded) and its peak RSS is the child's
@@ -54,13 +65,22 @@ DEFAULT_EVAL_DIR = Path(os.environ.get("QCOMPILE_EVAL_DIR", REPO.parent / "share
 DEFAULT_CASES = ("fmnist_cnn", "minilm", "effnet_lite0")
 DEFAULT_OUT = REPO / "benchmarks" / "results.md"
 
-METHODS = ("fp32", "qcompile", "ort_static", "ort_static_best", "ort_dynamic")
+METHODS = ("fp32", "qcompile", "ort_static", "ort_static_best", "ort_dynamic", "inc_static", "inc_smoothquant",
+           "qcompile_w4a16", "ort_matmulnbits")
+INC_METHODS = frozenset({"inc_static", "inc_smoothquant"})
+# Methods aimed at the weight matrices of MatMuls (transformers): on by default only where such MatMuls exist.
+WEIGHT_MATMUL_METHODS = frozenset({"inc_smoothquant", "qcompile_w4a16", "ort_matmulnbits"})
+INC_WORKER = Path(__file__).resolve().with_name("inc_worker.py")
 METHOD_LABELS = {
     "fp32": "FP32",
     "qcompile": "qcompile (default config)",
     "ort_static": "ORT quantize_static (QDQ, MinMax, defaults)",
     "ort_static_best": "ORT quantize_static (QDQ, per_channel, reduce_range)",
     "ort_dynamic": "ORT quantize_dynamic (QInt8 weights)",
+    "inc_static": "INC StaticQuantConfig (defaults: QOperator, U8S8, per-tensor)",
+    "inc_smoothquant": "INC SmoothQuant (alpha 0.5, per-channel)",
+    "qcompile_w4a16": "qcompile --preset w4a16 (INT4 weight-only)",
+    "ort_matmulnbits": "ORT MatMulNBitsQuantizer (INT4, block 32, symmetric)",
 }
 
 # Per real case: how to measure fidelity. mode "cls": batched, top-1 agreement (+ accuracy when labels exist);
@@ -212,16 +232,20 @@ def _compile_worker(method: str, model: Path, calib: Path, out_dir: Path) -> int
     out_model = out_dir / "model.onnx"
     result: dict[str, Any] = {"method": method}
     try:
-        if method == "qcompile":
+        if method in ("qcompile", "qcompile_w4a16"):
             from qcompile import compile_model
-            from qcompile.config import CompileConfig
+            from qcompile.config import CompileConfig, Preset
+        elif method == "ort_matmulnbits":
+            import onnx
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
         else:
             from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                                   quantize_static)
         result["baseline_rss_kb"], _ = _peak_rss_kb()
         started = time.perf_counter()
-        if method == "qcompile":
-            compiled = compile_model(model, calib, CompileConfig())
+        if method in ("qcompile", "qcompile_w4a16"):
+            preset = Preset.W4A16 if method == "qcompile_w4a16" else Preset.W8A8
+            compiled = compile_model(model, calib, CompileConfig(preset=preset))
             compiled.save(out_model, out_dir / "report.json")
             summary = compiled.report.data.get("summary", {})
             result["notes"] = {k: summary.get(k) for k in ("quantized_nodes", "skipped_compute_nodes",
@@ -235,6 +259,11 @@ def _compile_worker(method: str, model: Path, calib: Path, out_dir: Path) -> int
             quantize_static(str(model), str(out_model), reader, **kwargs)
         elif method == "ort_dynamic":
             quantize_dynamic(str(model), str(out_model), weight_type=QuantType.QInt8)
+        elif method == "ort_matmulnbits":
+            # accuracy_level left at its default (None: the kernel's own default, fp32 compute)
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(model)), bits=4, block_size=32, is_symmetric=True)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(out_model))
         else:
             raise ValueError(f"unknown method {method!r}")
         result["seconds"] = time.perf_counter() - started
@@ -260,16 +289,26 @@ class Compiled:
     peak_rss_mb: float | None = None
     baseline_rss_mb: float | None = None
     error: str | None = None
+    unavailable: str | None = None   # the method cannot run here (e.g. no INC interpreter): why
     notes: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
-def run_compile(method: str, model: Path, calib: Path, out_dir: Path, timeout: float) -> Compiled:
-    """Run one quantiser in a fresh `python compare.py --_compile-worker` child; peak RSS from os.wait4."""
+def run_compile(method: str, model: Path, calib: Path, out_dir: Path, timeout: float,
+                inc_python: Path | None = None) -> Compiled:
+    """Run one quantiser in a fresh child: `python compare.py --_compile-worker` for ours and ORT's, `INC_PYTHON
+    inc_worker.py` for INC's. Peak RSS is the child's own VmHWM (os.wait4's ru_maxrss only as a fallback)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "worker.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_compile-worker", method, str(model), str(calib),
-           str(out_dir)]
+    if method in INC_METHODS:
+        if inc_python is None:
+            return Compiled(method, unavailable="no --inc-python given (INC needs its own venv, numpy<2)")
+        if not Path(inc_python).exists():
+            return Compiled(method, unavailable=f"--inc-python {inc_python} does not exist")
+        cmd = [str(inc_python), str(INC_WORKER), method, str(model), str(calib), str(out_dir)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_compile-worker", method, str(model), str(calib),
+               str(out_dir)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         timer = threading.Timer(timeout, proc.kill)
@@ -288,10 +327,16 @@ def run_compile(method: str, model: Path, calib: Path, out_dir: Path, timeout: f
         info = json.loads(info_path.read_text())
     peak_kb = info.get("peak_rss_kb") if info.get("rss_source") == "VmHWM" else usage.ru_maxrss
     compiled = Compiled(method, peak_rss_mb=peak_kb / 1024.0)
+    if info.get("unavailable"):
+        compiled.unavailable = info.get("error", "not available")
+        logger.warning("%s not available: %s", method, compiled.unavailable)
+        return compiled
+    if info.get("versions"):
+        compiled.notes = {"versions": info["versions"]}
     if info.get("ok") and (out_dir / "model.onnx").exists():
         compiled.path = out_dir / "model.onnx"
         compiled.seconds = info["seconds"]
-        compiled.notes = info.get("notes", {})
+        compiled.notes.update(info.get("notes", {}))
         compiled.warnings = info.get("warnings", [])
     elif info.get("error"):
         compiled.error = info["error"]
@@ -343,8 +388,8 @@ def _session(path: Path, threads: int):
 
 
 class EvalData:
-    """eval.npz mapped onto the model's inputs. Batched ("cls") data: arrays [N, ...] with the model's rank
-    (an extra leading sample axis, as models/generate.py's write_eval makes, is folded into the batch)."""
+    """eval.npz mapped onto the model's inputs: arrays [N, ...] with the model's rank (an extra leading sample
+    axis, as models/generate.py's write_eval makes, is folded into the batch)."""
 
     def __init__(self, case: Case, input_names: Sequence[str], input_ranks: dict[str, int]) -> None:
         with np.load(case.eval) as z:
@@ -359,7 +404,7 @@ class EvalData:
                 raise KeyError(f"eval file {case.eval} has no array for model input {name!r}: {sorted(arrays)}")
             value = arrays[key]
             rank = input_ranks.get(name)
-            if case.mode == "cls" and rank is not None and value.ndim == rank + 1:
+            if rank is not None and value.ndim == rank + 1:
                 value = value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
             self.inputs[name] = value
         self.labels = next((arrays[k].reshape(-1) for k in LABEL_KEYS if k in arrays and k not in input_names),
@@ -437,7 +482,7 @@ def measure_latency(sessions: dict[tuple[str, int], Any], feed: dict[str, np.nda
                     ) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float], dict[str, str]]:
     round_medians: dict[tuple[str, int], list[float]] = {k: [] for k in sessions}
     errors: dict[str, str] = {}
-    for r in range(rounds):
+    for r in range(rounds if methods else 0):
         for t in threads:
             order = list(methods[r % len(methods):]) + list(methods[: r % len(methods)])
             for m in order:
@@ -467,22 +512,58 @@ def measure_latency(sessions: dict[tuple[str, int], Any], feed: dict[str, np.nda
     return median_ms, ratios, errors
 
 
+def has_constant_weight_matmul(model_path: Path) -> bool:
+    """True when some MatMul (any graph level) multiplies by a constant: an initializer or a Constant's output."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+
+    def walk(graph, constants: set[str]) -> bool:
+        constants = constants | {t.name for t in graph.initializer}
+        constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+        for node in graph.node:
+            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in constants:
+                return True
+            for attr in node.attribute:
+                if any(walk(g, constants) for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)):
+                    return True
+        return False
+
+    return walk(model.graph, set())
+
+
+def default_methods(model_path: Path) -> list[str]:
+    """Every method, minus the weight-MatMul ones (WEIGHT_MATMUL_METHODS) when the model has no constant-weight
+    MatMul (CNNs whose only dense layer is a Gemm)."""
+    if has_constant_weight_matmul(model_path):
+        return list(METHODS)
+    return [m for m in METHODS if m not in WEIGHT_MATMUL_METHODS]
+
+
 def run_case(case: Case, work: Path, *, runs: int, warmup: int, rounds: int, threads: Sequence[int],
-             methods: Sequence[str], compile_timeout: float) -> tuple[list[Row], dict[str, Any]]:
+             methods: Sequence[str] | None, compile_timeout: float, inc_python: Path | None = None
+             ) -> tuple[list[Row], dict[str, Any]]:
+    """Benchmark one case; methods None = default_methods(case.model)."""
     logger.info("=== case %s: %s (calib %s, %d files; eval %s)", case.name, case.model, case.calib,
                 len(_calib_files(case.calib)), case.eval)
+    if methods is None:
+        methods = default_methods(case.model)
+    methods = ["fp32", *[m for m in methods if m != "fp32"]]
     rows: list[Row] = []
     for m in methods:
         if m == "fp32":
             rows.append(Row(m, Compiled(m, path=case.model)))
         else:
-            rows.append(Row(m, run_compile(m, case.model, case.calib, work / case.name / m, compile_timeout)))
+            rows.append(Row(m, run_compile(m, case.model, case.calib, work / case.name / m, compile_timeout,
+                                           inc_python)))
 
     data = EvalData(case, _model_input_names(case.model), _input_ranks(case.model))
     fp32_bytes = model_file_bytes(case.model)
     eval_sessions: dict[str, Any] = {}
     ref = None
     for row in rows:
+        if row.compiled.unavailable:
+            continue
         if row.compiled.error:
             row.error = row.compiled.error
             continue
@@ -504,7 +585,7 @@ def run_case(case: Case, work: Path, *, runs: int, warmup: int, rounds: int, thr
 
     sessions: dict[tuple[str, int], Any] = {}
     for row in rows:
-        if row.error:
+        if row.error or row.compiled.unavailable:
             continue
         for t in threads:
             try:
@@ -513,7 +594,7 @@ def run_case(case: Case, work: Path, *, runs: int, warmup: int, rounds: int, thr
                 row.error = f"session (threads={t}) failed: {type(exc).__name__}: {exc}"
                 break
     sessions = {k: v for k, v in sessions.items() if not next(r for r in rows if r.method == k[0]).error}
-    live = [r.method for r in rows if not r.error]
+    live = [r.method for r in rows if not r.error and not r.compiled.unavailable]
     median_ms, ratios, errors = measure_latency(sessions, data.latency_feed(), live, threads, runs, warmup, rounds)
     for row in rows:
         if row.method in errors:
@@ -559,6 +640,10 @@ def case_table(case: Case, rows: list[Row], extra: dict[str, Any], threads: Sequ
     for row in rows:
         c = row.compiled
         cells = [METHOD_LABELS.get(row.method, row.method)]
+        if c.unavailable:
+            cells += [f"not available: {_md_escape(c.unavailable)}"] + ["—"] * (len(header) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         if row.error and not row.metrics:
             cells += [f"FAILED: {_md_escape(row.error)}"] + ["—"] * (len(metric_names) - 1)
         else:
@@ -578,8 +663,12 @@ def case_table(case: Case, rows: list[Row], extra: dict[str, Any], threads: Sequ
     for row in rows:
         if row.error and row.metrics:
             notes.append(f"- {METHOD_LABELS.get(row.method, row.method)}: {_md_escape(row.error, 400)}")
-        if row.method == "qcompile" and row.compiled.notes:
-            notes.append("- qcompile report: " + ", ".join(f"{k} {v}" for k, v in row.compiled.notes.items())
+        if row.method in INC_METHODS and row.compiled.notes.get("versions"):
+            notes.append(f"- {METHOD_LABELS[row.method]}: ran under --inc-python with "
+                         + ", ".join(f"{k} {v}" for k, v in row.compiled.notes["versions"].items()))
+        if row.method in ("qcompile", "qcompile_w4a16") and row.compiled.notes:
+            notes.append(f"- {row.method} report: "
+                         + ", ".join(f"{k} {v}" for k, v in row.compiled.notes.items())
                          + (f"; warnings: {_md_escape('; '.join(row.compiled.warnings), 400)}"
                             if row.compiled.warnings else "; no warnings"))
         for t in threads:
@@ -596,7 +685,7 @@ def header_md(info: dict[str, Any], args: argparse.Namespace, argv: Sequence[str
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     vnni = "yes" if info["avx512_vnni"] else "no"
     return "\n".join([
-        "# qcompile vs FP32 vs onnxruntime.quantization", "",
+        "# qcompile vs FP32 vs onnxruntime.quantization vs Intel Neural Compressor", "",
         f"- date: {now}",
         f"- machine: {info['cpu']}, {info['cores']} logical cores ({info['usable_cores']} usable), "
         f"AVX512-VNNI: {vnni}, AVX-VNNI: {'yes' if info['avx_vnni'] else 'no'}, "
@@ -610,7 +699,13 @@ def header_md(info: dict[str, Any], args: argparse.Namespace, argv: Sequence[str
         "- compile s: wall time of load + quantise + save inside a fresh child process; compile peak RSS MB: "
         "that child's peak RSS (VmHWM of the whole child process, incl. Python + imports), in parentheses the "
         "growth over the peak right after the imports.",
-        "- Intel Neural Compressor: not run (see benchmarks/README.md).",
+        "- Intel Neural Compressor (inc_*): "
+        + (f"compiled by `{args.inc_python} benchmarks/inc_worker.py` (its own venv, numpy<2; its models are run "
+           "by this process's onnxruntime like every other method)." if args.inc_python else
+           "not run: no --inc-python given (see benchmarks/README.md)."),
+        "- default methods per case: all; inc_smoothquant, qcompile_w4a16 and ort_matmulnbits only for models with "
+        "a constant-weight MatMul." if args.method_list is None else
+        f"- methods: {', '.join(args.method_list)}",
         "",
     ])
 
@@ -626,7 +721,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--calib", type=Path)
     p.add_argument("--eval", type=Path)
     p.add_argument("--name", help="case name for --model (default: the model file's stem)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} for every case (fp32 is "
+                   "always added); default: per case, see default_methods")
+    p.add_argument("--inc-python", type=Path, help="interpreter of a venv with onnx-neural-compressor, for inc_*")
     p.add_argument("--runs", type=int, default=30, help="timed runs per method per round")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
@@ -640,12 +737,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.runs < 1 or args.rounds < 1 or args.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
     args.thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
-    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.method_list if m not in METHODS]
-    if unknown:
-        p.error(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    if "fp32" not in args.method_list:
-        args.method_list.insert(0, "fp32")
+    args.method_list = None
+    if args.methods is not None:
+        args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in args.method_list if m not in METHODS]
+        if unknown:
+            p.error(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        if "fp32" not in args.method_list:
+            args.method_list.insert(0, "fp32")
     return args
 
 
@@ -676,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 rows, extra = run_case(case, work, runs=args.runs, warmup=args.warmup, rounds=args.rounds,
                                        threads=args.thread_list, methods=args.method_list,
-                                       compile_timeout=args.compile_timeout)
+                                       compile_timeout=args.compile_timeout, inc_python=args.inc_python)
                 parts.append(case_table(case, rows, extra, args.thread_list))
             except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others
                 logger.exception("case %s failed", case.name)

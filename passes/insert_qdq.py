@@ -19,6 +19,7 @@ input) feeds only the quantised consumers, so float consumers (residual streams)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,11 +57,17 @@ class QuantPlan:
     nodes: dict[str, tuple[gs.Node, NodeSelection, int | None]]   # name -> (node, selection, weight axis)
     points: dict[str, QuantPoint]
     skipped: dict[str, tuple[str, str]]                          # name -> (op, reason)
+    activation_matmuls: dict[str, gs.Node] = field(default_factory=dict)   # both inputs quantised, no weight
 
 
 def _is_float(tensor: gs.Tensor) -> bool:
     dtype = getattr(tensor, "dtype", None)
-    return dtype is None or np.dtype(dtype) in [np.dtype(t) for t in _FLOAT_TYPES]
+    if dtype is None:
+        return True
+    try:
+        return np.dtype(dtype) in [np.dtype(t) for t in _FLOAT_TYPES]
+    except TypeError:  # ONNX types numpy lacks (bfloat16, float8) stay float, unquantised
+        return False
 
 
 def weight_axis(node: gs.Node, weight: np.ndarray, profile) -> int | None:
@@ -87,14 +94,33 @@ def _producer_chain_end(node: gs.Node, fusable: frozenset[str], graph_outputs: s
     return tensor
 
 
-def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], profile) -> QuantPlan:
-    """Which nodes and tensors to quantise; pure graph analysis, no rewriting."""
+def _becomes_float_gemm(node: gs.Node, graph_outputs: set[str]) -> bool:
+    """A MatMul on a matrix whose output feeds an Add: ORT's MatMulAddFusion turns the pair into a float Gemm
+    before its Q/DQ fusions run (whatever the Add's other input), leaving DQ -> Gemm unfused. A Q right on
+    the MatMul's output keeps the Add away, and DQ -> MatMul -> Q becomes QLinearMatMul."""
+    if node.op != "MatMul":
+        return False
+    x, out = node.inputs[0], node.outputs[0]
+    return (x.shape is not None and len(x.shape) == 2 and out.name not in graph_outputs
+            and any(c.op == "Add" for c in out.outputs))
+
+
+def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], profile, *,
+                      activation_matmuls: bool = False) -> QuantPlan:
+    """Which nodes and tensors to quantise; pure graph analysis, no rewriting.
+
+    ``activation_matmuls``: MatMuls of two activations (attention QKᵀ and P·V) get a Q/DQ on both inputs
+    (ORT: MatMulIntegerToFloat); otherwise they stay float with a reason.
+    """
     graph_outputs = {t.name for t in graph.outputs}
     nodes: dict[str, tuple[gs.Node, NodeSelection, int | None]] = {}
     skipped: dict[str, tuple[str, str]] = {}
     points: dict[str, QuantPoint] = {}
+    act_matmuls: dict[str, gs.Node] = {}
 
     def add_point(tensor: gs.Variable, spec: QuantSpec, consumer: str | None, integer_producer: bool) -> None:
+        if getattr(profile, "activation_symmetric", False) and not spec.symmetric:
+            spec = dataclasses.replace(spec, symmetric=True)   # zero point 0 (TensorRT)
         point = points.setdefault(tensor.name, QuantPoint(tensor, spec))
         point.integer_producer |= integer_producer
         if consumer:
@@ -107,6 +133,11 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
                 skipped[node.name] = (node.op, selection.reason)
             continue
         reason = _unsupported_reason(node)
+        if reason and activation_matmuls and _is_activation_matmul(node):
+            act_matmuls[node.name] = node
+            for tensor in node.inputs[:2]:
+                add_point(tensor, selection.activation, node.name, integer_producer=False)
+            continue
         if reason:
             skipped[node.name] = (node.op, reason)
             continue
@@ -116,8 +147,10 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
 
     for name, (node, selection, _) in nodes.items():
         add_point(node.inputs[0], selection.activation, name, integer_producer=False)
+    _add_residual_points(graph, nodes, profile, add_point)
+    guard_matmul_add = getattr(profile, "requantize_matmul_before_add", True)
     for name, (node, selection, _) in nodes.items():
-        if node.op in profile.requantize_output_ops:
+        if node.op in profile.requantize_output_ops or (guard_matmul_add and _becomes_float_gemm(node, graph_outputs)):
             end = _producer_chain_end(node, profile.fusable_activations, graph_outputs)
             if end.name not in graph_outputs:
                 add_point(end, selection.activation, None, integer_producer=True)
@@ -130,7 +163,29 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
             if src.name in points and points[src.name].integer_producer and dst.name in points:
                 points[dst.name].inherit_from = src.name
                 points[dst.name].integer_producer = True
-    return QuantPlan(nodes=nodes, points=points, skipped=skipped)
+    return QuantPlan(nodes=nodes, points=points, skipped=skipped, activation_matmuls=act_matmuls)
+
+
+def _is_activation_matmul(node: gs.Node) -> bool:
+    return node.op == "MatMul" and len(node.inputs) == 2 and all(
+        isinstance(t, gs.Variable) and _is_float(t) for t in node.inputs)
+
+
+def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> None:
+    """Add(op(x), r) with op a quantised node of a type in ``profile.residual_add_producers``: Q/DQ on r too,
+    so the runtime (TensorRT) can fuse the Add into op's integer kernel (NVIDIA's Q/DQ placement guidance)."""
+    producers = getattr(profile, "residual_add_producers", frozenset())
+    if not producers:
+        return
+    for add in graph.nodes:
+        if add.op != "Add" or len(add.inputs) != 2:
+            continue
+        for this, other in (add.inputs, add.inputs[::-1]):
+            producer = this.inputs[0] if isinstance(this, gs.Variable) and len(this.inputs) == 1 else None
+            if producer is None or producer.op not in producers or producer.name not in nodes:
+                continue
+            if isinstance(other, gs.Variable) and _is_float(other):
+                add_point(other, nodes[producer.name][1].activation, add.name, integer_producer=False)
 
 
 def _unsupported_reason(node: gs.Node) -> str:
@@ -149,6 +204,8 @@ def _unsupported_reason(node: gs.Node) -> str:
         return f"weight dtype {weight.values.dtype} is not float32"
     if weight.values.size == 0:
         return "zero-size weight"
+    if not np.isfinite(weight.values).all():
+        return "weight holds NaN or Inf values"
     if node.op == "Gemm" and node.attrs.get("transA", 0):
         return "Gemm with transA=1"
     return ""
@@ -185,13 +242,18 @@ def _point_request(point: QuantPoint, activation_dtype: QuantDType) -> StatReque
 class InsertQDQPass(CalibratedPass):
     """Insert QuantizeLinear/DequantizeLinear around the selected compute nodes (see module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, subgraph: bool = False, classifier_rule: bool = True) -> None:
         self._plan: QuantPlan | None = None
+        self._subgraph = subgraph                # an If/Loop/Scan body (see passes/quantize_subgraphs.py)
+        self._classifier_rule = classifier_rule
 
     def _plan_for(self, graph: gs.Graph, ctx: PassContext) -> QuantPlan:
         # Selection runs on the graph as the quantize step sees it, so it sees folded weights.
         if self._plan is None:
-            self._plan = plan_quantization(graph, select_nodes(graph, ctx.config), ctx.target)
+            selections = select_nodes(graph, ctx.config, subgraph=self._subgraph,
+                                      classifier_rule=self._classifier_rule)
+            self._plan = plan_quantization(graph, selections, ctx.target,
+                                           activation_matmuls=ctx.config.quantize_activation_matmuls)
         return self._plan
 
     def stat_requests(self, graph: gs.Graph, ctx: PassContext):
@@ -254,10 +316,12 @@ class InsertQDQPass(CalibratedPass):
                 bias = gs.Constant(f"{name}_bias", np.zeros(out_channels, dtype=np.float32))
                 node.inputs.append(bias)
             # the bias limits the weight scale (see bias_safe_weight_scale), so it is part of the key
-            key = (weight.name, axis, bias.name if bias is not None else None, float(x_params.scale))
+            key = (weight.name, axis, bias.name if bias is not None else None,
+                   float(x_params.scale) if bias is not None else None)
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
-                                                           profile.reduce_range, bias, x_params)
+                                                           profile.reduce_range, bias, x_params,
+                                                           copy=sum(k[0] == weight.name for k in weight_cache))
             w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
             detail = {"weight_dtype": selection.weight.dtype.value, "per_channel": axis is not None,
@@ -272,17 +336,25 @@ class InsertQDQPass(CalibratedPass):
                                        (bias.values.astype(np.float64) - shift).astype(np.float32))
                     detail["bias_correction_max"] = float(np.max(np.abs(shift))) if shift.size else 0.0
                     stats["bias_corrected"] += 1
-                node.inputs[b_index] = self._insert_bias_dq(graph, bias, x_params, w_params, node.name)
-                detail["bias"] = "int32"
+                if getattr(profile, "quantize_bias", True):
+                    node.inputs[b_index] = self._insert_bias_dq(graph, bias, x_params, w_params, node.name)
+                    detail["bias"] = "int32"
+                else:   # the runtime quantises the bias itself (TensorRT)
+                    node.inputs[b_index] = bias
+                    detail["bias"] = "float"
             ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED, "static int8", detail))
             stats["quantized"] += 1
             stats[f"quantized_{node.op}"] += 1
 
+        for name in plan.activation_matmuls:
+            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED, "static int8, activation x activation",
+                                    {"activation_dtype": act_dtype.value}))
+            stats["quantized_activation_matmul"] += 1
         for name, (op, reason) in plan.skipped.items():
             ctx.decide(NodeDecision(name, op, NodeStatus.SKIPPED, reason))
             stats["skipped"] += 1
         graph.cleanup().toposort()
-        return PassResult(modified=bool(plan.nodes), stats=dict(stats))
+        return PassResult(modified=bool(plan.nodes) or bool(plan.activation_matmuls), stats=dict(stats))
 
     @staticmethod
     def _insert_activation_qdq(graph: gs.Graph, point: QuantPoint, params: QParams) -> gs.Variable:
@@ -308,7 +380,7 @@ class InsertQDQPass(CalibratedPass):
     @staticmethod
     def _insert_weight_dq(graph: gs.Graph, weight: gs.Constant, axis: int | None, spec: QuantSpec,
                           reduce_range: bool, bias: gs.Constant | None,
-                          x_params: QParams) -> tuple[gs.Variable, QParams, np.ndarray]:
+                          x_params: QParams, copy: int = 0) -> tuple[gs.Variable, QParams, np.ndarray]:
         values = weight.values.astype(np.float32)
         rng = weight_range(values, axis)
         params = compute_qparams(rng.min, rng.max, spec.dtype, symmetric=spec.symmetric,
@@ -320,7 +392,7 @@ class InsertQDQPass(CalibratedPass):
             safe = bias_safe_weight_scale(params.scale, limiting_bias, float(x_params.scale))
             params = QParams(scale=safe, zero_point=params.zero_point, dtype=params.dtype, axis=axis)
         q_values = quantize(values, params)
-        base = weight.name
+        base = weight.name if not copy else f"{weight.name}_{copy}"  # a shared weight quantised twice
         q_const = gs.Constant(f"{base}_q", q_values)
         scale = gs.Constant(f"{base}_scale", params.scale.astype(np.float32))
         zero_point = gs.Constant(f"{base}_zp", params.zero_point)

@@ -1,7 +1,8 @@
 """Node naming: give every node a unique, stable name so selectors, overrides and the report can refer to it.
 
 A node with an empty or repeated name n (k-th of its op type t) becomes ``t_k`` (or ``n_k`` if n was set),
-skipping names already taken. Names that are already unique are kept as they are.
+skipping names already taken. Names that are already unique are kept as they are. Nodes inside
+If/Loop/Scan bodies share one namespace with the main graph.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def unique_names(names: list[str], op_types: list[str]) -> list[str]:
 
 class NameNodesPass(GraphPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        old = [n.name for n in graph.nodes]
-        new = unique_names(old, [n.op for n in graph.nodes])
+        # one namespace for the whole model: selectors and the report name nodes inside If/Loop bodies too
+        nodes = list(graph.nodes) + [n for body in graph.subgraphs(recursive=True) for n in body.nodes]
+        old = [n.name for n in nodes]
+        new = unique_names(old, [n.op for n in nodes])
         renamed = 0
-        for node, name in zip(graph.nodes, new):
+        for node, name in zip(nodes, new):
             if node.name != name:
                 node.name = name
                 renamed += 1

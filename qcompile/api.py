@@ -16,20 +16,26 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompile import __version__
+from qcompile import __version__, distributed
 from qcompile.calibrators.collector import collect_statistics
-from qcompile.config import CompileConfig, Granularity
+from qcompile.config import CalibrationProvider, CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
-from qcompile.errors import CalibrationDataError, QCompileError, UnsupportedModelError
+from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
 from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
                                            upgrade_default_opset)
+from qcompile.emitter import Emission, StatisticsRecorder
+from qcompile.evaluation import Metric
+from qcompile.fallback import analyse_compile, check_budget_arguments
 from qcompile.pipeline import build_steps
+from qcompile.validate import check_model_structure, with_unique_node_names
 from qcompile.report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
 from qcompile.runtime_ext.fusion import check_fusion
-from qcompile.runtime_ext.session import make_session
-from qcompile.runtime_ext.target import resolve_profile
+from qcompile.runtime_ext.matmul_nbits import choose_form
+from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session, ort_error_line
+from qcompile.runtime_ext.session import has_cuda
+from qcompile.runtime_ext.target import apply_target_defaults, resolve_profile
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +95,25 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str):
 
 
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
-                  progress: bool = False) -> CompileResult:
-    """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts)."""
+                  progress: bool = False, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
+    """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts).
+
+    With ``config.accuracy_budget``, the most sensitive nodes fall back to float until the budget holds on
+    ``eval_data`` (folder, .npz file or iterable of feed dicts; default: the first calibration items), and
+    ``metric(fp32_outputs, quantised_outputs) -> float`` (lists of {output: array} per eval item, higher is
+    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/fallback.py)."""
     config = config or CompileConfig()
+    check_budget_arguments(config, eval_data, metric)  # before any work, like the other argument checks
+    if config.calibration.workers is not None:
+        distributed.require_ray()  # before any work: a missing extra is a one-line error
+    if config.calibration.provider is CalibrationProvider.CUDA and not has_cuda():
+        raise ConfigError("--calib-provider cuda needs onnxruntime's CUDA execution provider: "
+                          "pip install 'qcompile[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+    if config.custom_op_library is not None and not Path(config.custom_op_library).is_file():
+        raise ConfigError(f"custom op library {config.custom_op_library} does not exist or is not a file")
     started = time.perf_counter()
     loaded = load_model(model)
+    check_input_model(loaded, config.custom_op_library)
     specs = model_input_specs(loaded.model)
     with contextlib.ExitStack() as stack:
         if _is_one_shot(calib):
@@ -101,7 +121,22 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
                                      Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
         source = open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
                                          image=config.calibration.image)
-        return _compile(loaded, source, config, progress, started)
+        return _compile(loaded, source, config, progress, started, eval_data, metric)
+
+
+def check_input_model(loaded: LoadedModel, custom_op_library: str | None = None) -> None:
+    """Reject a malformed input before any work: data flow and onnx.checker (validate.py), then ONNX Runtime
+    must be able to load it (types and shapes of every node), since calibration and fidelity run it."""
+    name = str(loaded.path) if loaded.path else "<input>"
+    serialized = check_model_structure(loaded.model, name, loaded.size_bytes)
+    if serialized is None:
+        return
+    try:
+        make_session(serialized, optimization=GraphOptimization.DISABLED, log_severity=4,
+                     custom_op_library=custom_op_library)
+    except QCompileError as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        raise UnsupportedModelError(f"onnxruntime cannot load the input model {name}: {detail}") from None
 
 
 def _is_one_shot(calib: object) -> bool:
@@ -119,7 +154,10 @@ def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Pat
                 raise CalibrationDataError(f"calibration item {index} is a {type(item).__name__}, not a dict of "
                                            "input name -> array")
             item = {specs[0].name: item}
-        arrays = {str(k): np.asarray(v) for k, v in item.items()}
+        try:
+            arrays = {str(k): np.asarray(v) for k, v in item.items()}
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot convert
+            raise CalibrationDataError(f"calibration item {index}: not a numeric array ({exc})") from None
         if any(a.dtype == object for a in arrays.values()):
             raise CalibrationDataError(f"calibration item {index} holds non-numeric (object) arrays")
         np.savez(folder / f"item_{index:08d}.npz", **arrays)
@@ -127,24 +165,42 @@ def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Pat
 
 
 def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConfig, progress: bool,
-             started: float) -> CompileResult:
+             started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
     profile = resolve_profile(config.target)
+    config, target_note = apply_target_defaults(config, profile)   # e.g. cuda: w8a8 -> w4a16
     working, config, opset_note = _prepare_opset(loaded.model, config)
-    graph = gs.import_onnx(working)
+    try:
+        graph = gs.import_onnx(working).toposort()  # valid graphs may list nodes out of order
+    except Exception as exc:  # malformed attributes or tensors the checks above did not see (models > 2 GiB)
+        raise UnsupportedModelError(f"cannot import the model graph: {type(exc).__name__}: {exc}") from exc
     ctx = PassContext(config=config, target=profile)
     if opset_note:
         ctx.warnings.append(opset_note)
 
     steps = build_steps(config)
-    with _progress(len(steps), "compile", progress, "step") as bar:
+    recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
+    with _progress(len(steps), "compile", progress, "step") as bar, \
+            distributed.connect(config.calibration.workers) as cluster:
         def collect(g: gs.Graph, requests):
             with _progress(source.num_samples, "calibrate", progress, "sample") as calib_bar:
+                if cluster is not None:  # shards on Ray workers, merged here
+                    return distributed.collect_distributed(
+                        g, requests, source, cluster, progress=calib_bar,
+                        memory_budget_bytes=config.calibration.memory_budget_mb << 20)
                 return collect_statistics(g, requests, source, progress=calib_bar,
-                                          memory_budget_bytes=config.calibration.memory_budget_mb << 20)
+                                          memory_budget_bytes=config.calibration.memory_budget_mb << 20,
+                                          providers=config.calibration.provider.ort_providers,
+                                          custom_op_library=config.custom_op_library)
 
-        records = run_steps(graph, steps, ctx, collect, on_step=(lambda _s: bar.update(1)) if bar else None)
+        records = run_steps(graph, steps, ctx, recorder.wrap(collect), on_step=(lambda _s: bar.update(1)) if bar else None)
 
     quantized = _export(graph, working)
+    analysis = analyse_compile(reference=loaded.model, working=working, profile=profile, calibration=source,
+                               baseline=Emission(quantized, ctx, tuple(records), config, ()), recorder=recorder,
+                               collect=collect, export=_export, eval_data=eval_data, metric=metric)
+    if analysis is not None:
+        quantized, ctx, config = analysis.emission.model, analysis.emission.ctx, analysis.emission.config
+        records = list(analysis.records)
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
@@ -152,12 +208,21 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
                    if skipped else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
         logger.warning(message)
         ctx.warnings.append(message)
-    fusion = check_fusion(quantized, quantized_names) if quantized_names else None
+    # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
+    fusion = check_fusion(quantized, quantized_names) \
+        if quantized_names and profile.cpu_fusion_check and config.custom_op_library is None else None
     if fusion is not None and fusion.unfused:
         message = f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}"
         logger.warning(message)
         ctx.warnings.append(message)
-    fidelity = measure_fidelity(loaded.model, quantized, source, config.fidelity_samples)
+    for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
+        message = f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}"
+        logger.warning(message)
+        ctx.warnings.append(message)
+    # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
+    large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
+    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, quantized, source,
+                                config.fidelity_samples, custom_op_library=config.custom_op_library)
     output_bytes = model_size_bytes(quantized)
 
     report = CompileReport({
@@ -165,7 +230,7 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
         "qcompile_version": __version__,
         "input": _describe_input(loaded, source),
         "config": config.to_json(),
-        "target": profile.describe(),
+        "target": {**profile.describe(), **_weight_only_form(config), "note": target_note},
         "summary": {
             "quantized_nodes": len(quantized_names),
             "skipped_compute_nodes": sum(1 for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED),
@@ -183,13 +248,31 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
         "passes": [{"step": r.step, "name": r.name, "seconds": round(r.seconds, 4), "modified": r.modified,
                     "stats": dict(r.stats)} for r in records],
         "warnings": list(ctx.warnings),
+        "layers": analysis.layers if analysis else None,
+        "fallback": analysis.fallback if analysis else None,
     })
     return CompileResult(model=quantized, report=report)
+
+
+WEIGHT_ONLY_MIN_OPSET = 21
+
+
+def _weight_only_form(config: CompileConfig) -> dict[str, Any]:
+    """The weight-only form the target picked and why (runtime_ext/matmul_nbits.choose_form), for the report."""
+    if config.preset.weight_only_bits is None:
+        return {}
+    choice = choose_form(config.target, config.weight_only)
+    return {"weight_only_form": choice.form.value, "weight_only_accuracy_level": choice.accuracy_level,
+            "weight_only_form_reason": choice.reason}
 
 
 def _prepare_opset(model: onnx.ModelProto, config: CompileConfig) -> tuple[onnx.ModelProto, CompileConfig, str]:
     """Upgrade to the opset per-channel weights need, or fall back to per-tensor weights if that fails."""
     opset = default_opset(model)
+    if config.preset.weight_only_bits is not None and opset < WEIGHT_ONLY_MIN_OPSET:
+        # blocked DequantizeLinear and INT4/UINT4 tensors exist from opset 21; no per-tensor fallback for them
+        return upgrade_default_opset(model, WEIGHT_ONLY_MIN_OPSET), config, \
+            f"upgraded opset {opset} -> {WEIGHT_ONLY_MIN_OPSET} for blocked weight-only quantisation"
     if opset < QDQ_MIN_OPSET:
         try:
             return upgrade_default_opset(model, PER_CHANNEL_MIN_OPSET), config, \
@@ -218,9 +301,12 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model.producer_version = __version__
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.add(domain="com.microsoft", version=1)   # contrib ops (MatMulNBits, ...)
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    if model.ByteSize() < (2 << 30) - (64 << 20):
+    if model_size_bytes(model) < (2 << 30) - (64 << 20):
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
@@ -230,7 +316,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
 
 def _describe_input(loaded: LoadedModel, source: CalibrationSource) -> dict[str, Any]:
     model = loaded.model
-    digest = hashlib.sha256(model.SerializeToString()).hexdigest() if model.ByteSize() < (2 << 30) - 1 else None
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest() if loaded.size_bytes < (2 << 30) - (64 << 20) else None
     return {
         "path": str(loaded.path) if loaded.path else None,
         "bytes": loaded.size_bytes,
@@ -243,14 +329,23 @@ def _describe_input(loaded: LoadedModel, source: CalibrationSource) -> dict[str,
     }
 
 
-def measure_fidelity(reference: onnx.ModelProto, quantized: onnx.ModelProto, source: Iterable,
-                     max_samples: int) -> dict[str, Any]:
-    """Run FP32 and quantised models on the first ``max_samples`` calibration items and compare outputs."""
+def _run(session, names, feed, error: type[QCompileError], what: str) -> list:
+    try:
+        return session.run(names, dict(feed))
+    except Exception as exc:  # ORT's runtime errors (shapes only known from the data, allocation failures)
+        raise error(f"{what}: {ort_error_line(exc)}") from exc
+
+
+def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelProto, source: Iterable,
+                     max_samples: int, *, custom_op_library: str | None = None) -> dict[str, Any]:
+    """Run FP32 and quantised models on the first ``max_samples`` calibration items and compare outputs.
+    ``reference`` may be the input model's path (ORT then reads a large model's weights from its files)."""
     if max_samples == 0:
         return {}
     try:
-        ref_session = make_session(reference)
-        q_session = make_session(quantized)
+        ref_session = make_session(reference if isinstance(reference, Path) else with_unique_node_names(reference),
+                                   custom_op_library=custom_op_library)
+        q_session = make_session(quantized, custom_op_library=custom_op_library)
     except QCompileError as exc:
         logger.warning("fidelity not measured: %s", exc)
         return {"error": str(exc)}
@@ -258,8 +353,8 @@ def measure_fidelity(reference: onnx.ModelProto, quantized: onnx.ModelProto, sou
     acc = FidelityAccumulator()
     count = 0
     for feed in source:
-        ref_out = ref_session.run(names, dict(feed))
-        q_out = q_session.run(names, dict(feed))
+        ref_out = _run(ref_session, names, feed, CalibrationDataError, f"the FP32 model fails on calibration item {count}")
+        q_out = _run(q_session, names, feed, UnsupportedModelError, f"the quantised model fails on calibration item {count}")
         for name, r, q in zip(names, ref_out, q_out):
             acc.add(name, np.asarray(r), np.asarray(q))
         count += 1

@@ -24,6 +24,12 @@ model leaves that axis symbolic; otherwise (fixed batch, disagreeing axis 0, sca
 an item whose axis-0 lengths disagree, or that holds only scalars, counts as one sample, and an indivisible
 item is yielded whole even when it overshoots the cap (it is never dropped).
 
+Shards (distributed calibration)
+
+``plan_shards(source, k)`` cuts a folder source into at most k runs of whole files with about equal rows (read
+from file headers) and the same ``num_samples`` cap; ``open_calibration_shard`` opens one on a worker, which
+reads the files itself, so arrays never pass through the driver.
+
 Validation (each failure is a one-line ``CalibrationDataError`` naming the file or item, the input, expected
 and found): input names (missing and unexpected), dtype (rules below), rank, fixed dims, symbolic dims > 0,
 empty batch, axis-0 agreement between inputs sharing the same symbolic batch dim name, NaN/Inf in float data.
@@ -56,7 +62,8 @@ from onnx.helper import tensor_dtype_to_np_dtype
 from qcompile.config import ImageLayout, ImageOptions
 from qcompile.errors import CalibrationDataError, UnsupportedModelError
 
-__all__ = ["InputSpec", "CalibrationSource", "open_calibration_source"]
+__all__ = ["InputSpec", "CalibrationSource", "open_calibration_source", "CalibrationShard", "plan_shards",
+           "open_calibration_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +282,10 @@ class CalibrationSource:
     """Validated feed dicts, one per file or item; re-iterable unless built on a one-shot iterator."""
 
     def __init__(self, raw_items: _RawItems, specs: Sequence[InputSpec], *, description: str,
-                 cap: int | None, one_shot: bool, count: Callable[[], int | None] | None = None):
+                 cap: int | None, one_shot: bool, count: Callable[[], int | None] | None = None,
+                 files: _FolderFiles | None = None):
         self._raw_items = raw_items
+        self._files = files  # set for folder sources: what plan_shards splits
         self._validate = _Validator(specs)
         self._specs = {s.name: s for s in specs}
         self._description = description
@@ -490,11 +499,101 @@ def _load_image(path: Path, plan: _ImagePlan) -> dict[str, np.ndarray]:
     return {plan.name: np.ascontiguousarray(x[None], dtype=np.float32)}
 
 
+# ---- shards (distributed calibration) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _FolderFiles:
+    """The files a folder source reads, in order, and how images among them are decoded."""
+
+    folder: Path
+    kind: str
+    paths: tuple[Path, ...]
+    image: ImageOptions
+
+
+@dataclass(frozen=True)
+class CalibrationShard:
+    """A contiguous run of a folder source's files that a worker opens itself (``open_calibration_shard``),
+    capped at ``num_samples`` rows. Plain data (names, not arrays): it crosses process boundaries small.
+    Iterating the shards of ``plan_shards(source, k)`` in order yields exactly the feeds ``source`` yields."""
+
+    folder: str
+    files: tuple[str, ...]
+    num_samples: int
+    inputs: tuple[InputSpec, ...]
+    image: ImageOptions
+
+
+def _file_rows(files: _FolderFiles, path: Path, specs: Mapping[str, InputSpec]) -> tuple[int, bool]:
+    """(rows, divisible) of one file from its header; (1, False) when unreadable (the worker reports why)."""
+    try:
+        if files.kind == _NPZ:
+            return _rows(_npz_shapes(path), specs)
+        if files.kind == _NPY:
+            return _rows({next(iter(specs)): _npy_shape(path)}, specs)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        pass
+    return 1, False
+
+
+def plan_shards(source: CalibrationSource, count: int) -> list[CalibrationShard]:
+    """Split a folder source into at most ``count`` shards of whole files with about equal rows.
+
+    Rows come from file headers (no array is read). The ``num_samples`` cap keeps its meaning: files past
+    it belong to no shard and the file it cuts ends the last shard, which carries the cut as its own cap.
+    """
+    files = source._files
+    if files is None:
+        raise _error(f"distributed calibration needs a calibration folder that every worker can read; "
+                     f"{source.description} is not one")
+    if count < 1:
+        raise ValueError(f"shard count must be >= 1, got {count}")
+    kept: list[tuple[Path, int]] = []
+    remaining = source._cap
+    for path in files.paths:
+        rows, divisible = _file_rows(files, path, source._specs)
+        keep = _take(rows, divisible, remaining)
+        kept.append((path, keep))
+        if remaining is not None:
+            remaining -= keep
+            if remaining <= 0:
+                break
+    count = min(count, len(kept))
+    starts = np.concatenate([[0], np.cumsum([rows for _, rows in kept])])
+    total = int(starts[-1])
+    bounds = [0]
+    for k in range(1, count):  # first file of shard k: where the rows pass k/count of the total
+        i = bounds[-1] + 1
+        while i < len(kept) - (count - k) and starts[i] < total * k / count:
+            i += 1
+        bounds.append(i)
+    bounds.append(len(kept))
+    inputs = tuple(source._specs.values())
+    return [CalibrationShard(str(files.folder), tuple(p.name for p, _ in kept[a:b]), int(starts[b] - starts[a]),
+                             inputs, files.image) for a, b in zip(bounds, bounds[1:])]
+
+
+def _named_files(folder: Path, names: Sequence[str]) -> tuple[str, list[Path]]:
+    if not names or any(Path(n).name != n for n in names):
+        raise ValueError(f"a shard names plain files of its folder, got {list(names)[:3]}")
+    paths = [folder / name for name in names]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise _error(f"calibration file {missing} is not there: every worker must see the calibration folder "
+                     f"at the path the driver gave ({folder})")
+    return _KIND_BY_SUFFIX[Path(names[0]).suffix.lower()], paths
+
+
+def open_calibration_shard(shard: CalibrationShard) -> CalibrationSource:
+    """The validated, streaming source of one shard, read from the worker's own view of the folder."""
+    return _folder_source(Path(shard.folder), shard.inputs, shard.num_samples, shard.image, names=shard.files)
+
+
 # ---- entry point --------------------------------------------------------------------------------------
 
 def _folder_source(folder: Path, specs: Sequence[InputSpec], cap: int | None,
-                   image: ImageOptions) -> CalibrationSource:
-    kind, paths = _scan_folder(folder)
+                   image: ImageOptions, names: Sequence[str] | None = None) -> CalibrationSource:
+    kind, paths = _scan_folder(folder) if names is None else _named_files(folder, names)
     label = f"{len(paths)} {_KIND_LABEL[kind]} file{'s' if len(paths) != 1 else ''}"
     description = f"folder {folder.as_posix().rstrip('/')}/ ({label}" + (f", first {cap} samples)" if cap else ")")
     spec_map = {s.name: s for s in specs}
@@ -537,7 +636,8 @@ def _folder_source(folder: Path, specs: Sequence[InputSpec], cap: int | None,
         def count() -> int | None:
             return len(paths) if cap is None else min(cap, len(paths))
 
-    return CalibrationSource(raw, specs, description=description, cap=cap, one_shot=False, count=count)
+    return CalibrationSource(raw, specs, description=description, cap=cap, one_shot=False, count=count,
+                             files=_FolderFiles(folder, kind, tuple(paths), image))
 
 
 def _iterable_source(calib: Iterable[Any], specs: Sequence[InputSpec], cap: int | None) -> CalibrationSource:
@@ -567,7 +667,10 @@ def _iterable_source(calib: Iterable[Any], specs: Sequence[InputSpec], cap: int 
                 item = {specs[0].name: item}
             if not isinstance(item, Mapping):
                 return None
-            shapes = {k: np.shape(v) for k, v in item.items() if k in spec_map}
+            try:
+                shapes = {k: np.shape(v) for k, v in item.items() if k in spec_map}
+            except (ValueError, TypeError):  # ragged lists: validation names the item when it is reached
+                return None
             rows.append(_rows(shapes, spec_map))
         return _capped_total(rows, cap)
 

@@ -42,5 +42,13 @@ class UnsupportedModelError(QCompileError):
     """The graph uses something qcompile cannot handle and cannot pass through."""
 
 
+class AccuracyBudgetError(QCompileError):
+    """An accuracy budget that cannot be met, even with every quantised node kept float."""
+
+
+class ReportError(QCompileError):
+    """A report file that cannot be read (missing, not JSON, not a compile report)."""
+
+
 class PassError(QCompileError):
     """A pass failed; the message names the pass and the node."""

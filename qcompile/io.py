@@ -8,7 +8,10 @@ Loading
     reference is validated here first (relative location inside the model's folder, no ``..``, no symlink or
     hard link that could alias a file outside it, integer offset/length inside the file, byte count matching
     the tensor's shape) and then read slice by slice.  Tensors inside subgraphs (If/Loop/Scan), functions,
-    training info and sparse tensors are covered.
+    training info and sparse tensors are covered.  In-memory tensors must hold exactly the bytes their dtype
+    and shape need (sizes are computed from shapes, so a lying shape is refused here); a file over protobuf's
+    2 GiB message limit is refused before it is read, and messages nested past protobuf's recursion limit are
+    named as such.  Graph-level validation (data flow, onnx.checker) is qcompile.validate's job.
 
 Saving
     ``save_model`` / ``write_text_atomic`` write to a temporary file in the destination folder and
@@ -62,6 +65,8 @@ _ALIGN_MIN_BYTES = 64 * 1024
 _EXTERNAL_ALIGNMENT = 4096
 #: Messages whose tensors hold fewer bytes than this are measured with protobuf's own ByteSize.
 _BYTESIZE_DIRECT_LIMIT = 64 * 2**20
+#: Protobuf cannot parse one message larger than this.
+_PROTOBUF_MAX_BYTES = 2**31 - 1
 #: ONNX Runtime's marker for external initializers that live in process memory; meaningless in a file.
 _ORT_MEM_ADDR_MARKER = "*/_ORT_MEM_ADDR_/*"
 
@@ -323,6 +328,8 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     except Exception as e:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the backend
         kind = _sniff(data)
         reason = f"not an ONNX model (looks like {kind})" if kind else f"not a valid ONNX protobuf ({e})"
+        if "MaxDepth" in str(e) or "recursion" in str(e).lower():
+            reason = "messages nested deeper than protobuf's recursion limit (subgraphs within subgraphs)"
         raise _load_error(name, reason) from e
     if not model.HasField("graph"):
         kind = _sniff(data)
@@ -335,6 +342,18 @@ def _check_structure(model: onnx.ModelProto, name: str) -> None:
         raise _load_error(name, "the model has no graph")
     if len(model.graph.node) == 0:
         raise _load_error(name, "the model's graph has no nodes")
+
+
+def _check_inline_sizes(model: onnx.ModelProto, name: str) -> None:
+    """Every in-memory raw_data holds exactly the bytes its dtype and shape need (sizes are computed from
+    shapes elsewhere, so a lying shape must not get past loading)."""
+    for t, where in _iter_model_tensors(model):
+        if _uses_external(t) or not t.HasField("raw_data"):
+            continue
+        expected = _known_nbytes(t)
+        if expected is not None and len(t.raw_data) != expected:
+            raise _load_error(name, f"{where} holds {len(t.raw_data)} bytes of data but its dtype and shape "
+                                    f"need {expected}")
 
 
 def _reject_external(model: onnx.ModelProto, name: str) -> None:
@@ -500,6 +519,9 @@ def _read_model_file(path: Path, name: str, max_bytes: int) -> tuple[bytes, int]
             raise _load_error(name, "the file is empty")
         if st.st_size > max_bytes:
             raise _load_error(name, f"the file is {st.st_size} bytes, more than the limit of {max_bytes}")
+        if st.st_size > _PROTOBUF_MAX_BYTES:  # refused before reading it into memory
+            raise _load_error(name, f"the file is {st.st_size} bytes, over protobuf's 2 GiB limit for one message "
+                                    "(models this large keep their weights in external data files)")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -526,6 +548,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto, *,
     if isinstance(source, onnx.ModelProto):
         name = "<ModelProto>"
         _reject_external(source, name)
+        _check_inline_sizes(source, name)
         size = model_size_bytes(source)
         if size > max_bytes:
             raise _load_error(name, f"the model takes {size} bytes, more than the limit of {max_bytes}")
@@ -539,6 +562,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto, *,
         model = _parse(data, name)
         del data
         _reject_external(model, name)
+        _check_inline_sizes(model, name)
     elif isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         if not name:
@@ -547,6 +571,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto, *,
         data, file_size = _read_model_file(path, name, max_bytes)
         model = _parse(data, name)
         del data
+        _check_inline_sizes(model, name)  # before external data is read into raw_data (checked there)
         files = _load_external_data(model, path.parent, name, max_bytes, file_size)
     else:
         raise TypeError(f"load_model expects a path, bytes or onnx.ModelProto, not {type(source).__name__}")
@@ -579,6 +604,8 @@ def _check_destination(dest: Path, protected: Sequence[str | os.PathLike], *, wh
         raise ModelSaveError(_one_line(f"cannot write {what} {dest}: folder {parent} does not exist"))
     if dest.is_dir():
         raise ModelSaveError(_one_line(f"cannot write {what} {dest}: it is a directory"))
+    if dest.exists() and not dest.is_file():  # renaming over /dev/null or a FIFO would replace the node itself
+        raise ModelSaveError(_one_line(f"cannot write {what} {dest}: it exists and is not a regular file"))
     real = os.path.realpath(dest)
     for p in protected:
         if os.path.realpath(p) == real or (dest.exists() and os.path.exists(p) and os.path.samefile(p, dest)):

@@ -28,6 +28,8 @@ class StatKind(enum.Enum):
     RANGE = "range"                  # per-tensor min/max-like range from a Calibrator
     CHANNEL_ABSMAX = "channel_absmax"  # per-channel max |x| along an axis
     CHANNEL_MEAN = "channel_mean"      # per-channel mean along an axis (bias correction)
+    ROW_SAMPLE = "row_sample"          # per-channel min/max + a bounded uniform sample of rows (SmoothQuant α search)
+    HESSIAN = "hessian"                # mean x xᵀ over rows of the last axis (GPTQ/AWQ); value: HessianStat
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class StatRequest:
     symmetric: bool = False
     unsigned: bool = True
     axis: int | None = None
+    sample_rows: int = 0               # ROW_SAMPLE: how many rows to keep
 
 
 class NodeStatus(enum.Enum):
@@ -75,6 +78,11 @@ class PassContext:
     warnings: list[str] = field(default_factory=list)
 
     def decide(self, decision: NodeDecision) -> None:
+        """Record a node's status; details of earlier passes (e.g. SmoothQuant's α) are kept under the new ones."""
+        previous = self.decisions.get(decision.name)
+        if previous is not None and previous.detail:
+            decision = NodeDecision(decision.name, decision.op_type, decision.status, decision.reason,
+                                    {**previous.detail, **decision.detail})
         self.decisions[decision.name] = decision
 
     def range_of(self, request: StatRequest) -> TensorRange:
@@ -176,7 +184,14 @@ def run_steps(graph: gs.Graph, steps: Iterable[Step], ctx: PassContext, collect:
         requests: list[StatRequest] = []
         for graph_pass in step.passes:
             if isinstance(graph_pass, CalibratedPass):
-                requests.extend(r for r in graph_pass.stat_requests(graph, ctx) if r not in requests)
+                try:
+                    wanted = graph_pass.stat_requests(graph, ctx)
+                except QCompileError:
+                    raise
+                except Exception as exc:  # like GraphPass.__call__: name the pass, keep one line
+                    text = str(exc).splitlines()[0] if str(exc) else ""
+                    raise PassError(f"pass {graph_pass.name} failed: {type(exc).__name__}: {text}") from exc
+                requests.extend(r for r in wanted if r not in requests)
         missing = [r for r in requests if r not in ctx.statistics]
         if missing:
             start = time.perf_counter()

@@ -1,9 +1,13 @@
 """The one place where pass order is decided.
 
     prepare   : name nodes → repeat until stable [infer shapes → fold constants (Constant nodes, shape
-                subgraphs) → fold BatchNorm → fold Pad into Conv] → infer shapes          (no data)
-    quantize  : select nodes, insert Q/DQ                                                  (activation ranges)
-    lower     : remove what the rewrite left unused                                        (no data)
+                subgraphs) → fold BatchNorm → fold Pad into Conv → MatMul+bias on matrices as Gemm] → If/Loop bodies get local copies of
+                outer-scope activations → infer shapes                                     (no data)
+    transform : SmoothQuant (per-channel scales moved from activations into weights)     (channel stats)
+                → outlier-channel splitting (off by default)                              (channel stats)
+    quantize  : select nodes, insert Q/DQ in the main graph and every If/Loop/Scan body (activation ranges)
+    lower     : keep float Conv/Gemm float in ORT (a Max between a DQ and them), remove what the rewrite left
+                unused, float remainder to float16 where the target profile asks (CUDA)   (no data)
 """
 
 from __future__ import annotations
@@ -12,12 +16,21 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig
 from qcompile.pass_infra import GraphPass, PassContext, PassResult, RepeatUntilStable, Step
+from qcompile.passes.convert_float16 import ConvertFloat16Pass
 from qcompile.passes.fold_batchnorm import FoldBatchNormPass
 from qcompile.passes.fold_constants import FoldConstantsPass
 from qcompile.passes.fuse_pad_into_conv import FusePadIntoConvPass
 from qcompile.passes.infer_shapes import InferShapesPass
-from qcompile.passes.insert_qdq import InsertQDQPass
+from qcompile.passes.keep_float import KeepFloatPass
+from qcompile.passes.matmul_add_to_gemm import MatMulAddToGemmPass
+from qcompile.passes.localize_outer_scope import LocalizeOuterScopeInputsPass
 from qcompile.passes.name_nodes import NameNodesPass
+from qcompile.passes.quantize_subgraphs import QuantizeAllGraphsPass
+from qcompile.passes.quantize_weight_only import WeightOnlyQuantizePass
+from qcompile.passes.weight_only_embedding import WeightOnlyEmbeddingPass
+from qcompile.passes.quantize_gather import QuantizeGatherPass
+from qcompile.passes.smooth_quant import SmoothQuantPass
+from qcompile.passes.split_outlier_channels import SplitOutlierChannelsPass
 
 
 class CleanupPass(GraphPass):
@@ -27,11 +40,25 @@ class CleanupPass(GraphPass):
         return PassResult(modified=len(graph.nodes) != before, stats={"removed": before - len(graph.nodes)})
 
 
+def weight_only_passes(config: CompileConfig) -> tuple[GraphPass, ...]:
+    """The quantize step of the weight-only presets (w4a16, w8a16): no activation quantisation."""
+    return (WeightOnlyQuantizePass(), WeightOnlyEmbeddingPass())
+
+
 def build_steps(config: CompileConfig) -> list[Step]:
-    return [
-        Step("prepare", (NameNodesPass(), RepeatUntilStable((InferShapesPass(), FoldConstantsPass(),
-                                                             FoldBatchNormPass(), FusePadIntoConvPass())),
+    weight_only = config.preset.weight_only_bits is not None
+    # MatMul+bias -> Gemm serves static INT8 (QGemm); weight-only keeps MatMul, which ORT fuses to MatMulNBits
+    folds = (InferShapesPass(), FoldConstantsPass(), FoldBatchNormPass(), FusePadIntoConvPass()) + (
+        () if weight_only else (MatMulAddToGemmPass(),))
+    steps = [
+        Step("prepare", (NameNodesPass(), RepeatUntilStable(folds), LocalizeOuterScopeInputsPass(),
                          InferShapesPass())),
-        Step("quantize", (InsertQDQPass(),)),
-        Step("lower", (CleanupPass(),)),
+        Step("transform", (SmoothQuantPass(),)),
+        Step("transform", (SplitOutlierChannelsPass(),)),   # its own step: statistics after smoothing
+        Step("quantize", (QuantizeAllGraphsPass(), QuantizeGatherPass())),
+        Step("lower", (KeepFloatPass(), CleanupPass(), ConvertFloat16Pass())),   # float16: only if the target asks
     ]
+    if weight_only:
+        steps = [step for step in steps if step.name not in ("transform", "quantize")]
+        steps.insert(1, Step("quantize", weight_only_passes(config)))
+    return steps

@@ -42,35 +42,49 @@ def _is_constant(tensor: gs.Tensor) -> bool:
 def classifier_nodes(graph: gs.Graph) -> set[str]:
     """Compute nodes whose output reaches a graph output through bias adds and data-movement ops only."""
     outputs = {t.name for t in graph.outputs}
-    found: set[str] = set()
-    for node in graph.nodes:
-        if node.op not in COMPUTE_OPS or not node.outputs:
-            continue
-        tensor = node.outputs[0]
-        for _ in range(16):
-            if tensor.name in outputs:
-                found.add(node.name)
-                break
-            if len(tensor.outputs) != 1:
-                break
-            nxt = tensor.outputs[0]
-            is_bias_add = nxt.op in ("Add", "Sub") and any(_is_constant(t) for t in nxt.inputs)
-            if not (is_bias_add or nxt.op in _PASS_THROUGH_TO_OUTPUT) or not nxt.outputs:
-                break
-            tensor = nxt.outputs[0]
-    return found
+    return {node.name for node in graph.nodes
+            if node.op in COMPUTE_OPS and node.outputs and reaches_output(node.outputs[0], outputs)}
 
 
-def select_nodes(graph: gs.Graph, config: CompileConfig) -> dict[str, NodeSelection]:
-    """Decide for every node of the (main) graph; raises SelectionError for selectors that match nothing."""
-    names = [n.name for n in graph.nodes]
+def reaches_output(tensor: gs.Tensor, outputs: set[str]) -> bool:
+    """Does ``tensor`` become one of ``outputs`` through bias adds and data-movement ops only?"""
+    for _ in range(16):
+        if tensor.name in outputs:
+            return True
+        if len(tensor.outputs) != 1:
+            return False
+        nxt = tensor.outputs[0]
+        is_bias_add = nxt.op in ("Add", "Sub") and any(_is_constant(t) for t in nxt.inputs)
+        if not (is_bias_add or nxt.op in _PASS_THROUGH_TO_OUTPUT) or not nxt.outputs:
+            return False
+        tensor = nxt.outputs[0]
+    return False
+
+
+def all_node_names(graph: gs.Graph) -> list[str]:
+    """Names of the nodes of ``graph`` and of every (nested) If/Loop/Scan body."""
+    return [n.name for n in graph.nodes] + [n.name for body in graph.subgraphs(recursive=True) for n in body.nodes]
+
+
+def select_nodes(graph: gs.Graph, config: CompileConfig, *, subgraph: bool = False,
+                 classifier_rule: bool = True) -> dict[str, NodeSelection]:
+    """Decide for every node of ``graph`` (its own nodes, not those of its bodies).
+
+    For the main graph, selectors that match no node of the model (bodies included) raise SelectionError;
+    a body (``subgraph=True``) skips that check, which the main graph already made. ``classifier_rule=False``
+    drops the final-classifier rule (inside a Loop body no node computes the model's logits).
+    """
+    if subgraph:
+        classifiers = classifier_nodes(graph) if classifier_rule and not config.quantize_classifier else set()
+        return {node.name: _decide(node, config, classifiers) for node in graph.nodes}
+    names = all_node_names(graph)
     for pattern in config.exclude:
         if not any(_matches(pattern, name) for name in names):
             raise SelectionError(f"--exclude {pattern!r} matches no node (node names look like {names[:3]})")
     for override in config.overrides:
         if not any(_matches(override.pattern, name) for name in names):
             raise SelectionError(f"override pattern {override.pattern!r} matches no node")
-    classifiers = set() if config.quantize_classifier else classifier_nodes(graph)
+    classifiers = set() if config.quantize_classifier or not classifier_rule else classifier_nodes(graph)
     decisions: dict[str, NodeSelection] = {}
     for node in graph.nodes:
         decisions[node.name] = _decide(node, config, classifiers)

@@ -2,27 +2,34 @@
 
 ``make_session`` turns a model (ModelProto, serialized bytes or a file path) plus a few typed options into an
 ``ort.InferenceSession``. A ModelProto goes to ORT as serialized bytes; protobuf cannot serialize a message over
-2 GB, so such a model must be given as a path (qcompile.io writes it with external data) and is refused here
-with :class:`~qcompile.errors.UnsupportedModelError` (only io.py may save models).
+2 GB, so such a model is given to ORT without its large weights, which follow as in-memory initializers
+(``SessionOptions.add_external_initializers``): nothing is written to disk.
 
 Anything ORT raises while building the session becomes a one-line QCompileError:
 ``ModelLoadError`` when the file is missing or not a protobuf, ``UnsupportedModelError`` otherwise.
 Requested execution providers that this onnxruntime build lacks are a ``ConfigError`` (ORT itself would only
 warn and fall back to CPU, which would make a CUDA fusion check silently report CPU kernels).
+
+Custom-op libraries (``custom_op_library``): loading a shared library runs its code in this process, so it is
+opt-in only: a session registers one only when the caller names it (``--custom-op-library PATH`` /
+``CompileConfig.custom_op_library``), never by default, from a recipe file or from anything in the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qcompile.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from qcompile.errors import ConfigError, ModelLoadError, QCompileError, UnsupportedModelError
+from qcompile.io import model_size_bytes
 
 __all__ = [
     "MAX_PROTO_BYTES",
@@ -36,6 +43,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's hard limit for one serialized message
+LARGE_MODEL_BYTES = MAX_PROTO_BYTES - (64 << 20)   # above this, serialising is unsafe: weights go in memory
+_IN_MEMORY_INITIALIZER_BYTES = 1 << 20
 
 _ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
@@ -71,22 +80,115 @@ def ort_error_line(exc: BaseException) -> str:
     """First non-empty line of an ORT error, without the ``[ONNXRuntimeError] : 1 : FAIL :`` prefix."""
     text = str(exc).strip()
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
-    return _ORT_PREFIX.sub("", first) or first
+    line = _ORT_PREFIX.sub("", first) or first
+    return _strip_source_location(line)
 
 
-def _model_source(model: onnx.ModelProto | bytes | str | Path) -> bytes | str:
+_SOURCE_LOCATION = re.compile(r"^\S+\.(?:h|cc|cpp):\d+ ")
+
+
+def _strip_source_location(line: str) -> str:
+    """Drop the ``/onnxruntime_src/x.h:46 void f(const T&, ...) `` prefix some ORT errors carry."""
+    match = _SOURCE_LOCATION.match(line)
+    if not match or "(" not in line[match.end():]:
+        return line
+    depth, start = 0, line.index("(", match.end())
+    for i in range(start, len(line)):
+        depth += {"(": 1, ")": -1}.get(line[i], 0)
+        if depth == 0:
+            rest = line[i + 1:].removeprefix(" const").strip()
+            return rest or line
+    return line
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend") and not isinstance(value, (str, bytes)):   # a repeated field
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _weightless_copy(model: onnx.ModelProto, min_bytes: int) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """The model without its main-graph initializers of >= ``min_bytes`` (declared as external data at a
+    location that does not exist), and those initializers. Nothing large is copied."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    large = []
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
+            _add_stub_initializer(skeleton.graph, tensor.name, tensor.data_type, tensor.dims)
+            large.append(tensor)
+        else:
+            skeleton.graph.initializer.add().CopyFrom(tensor)
+    return skeleton, large
+
+
+def _add_stub_initializer(graph: onnx.GraphProto, name: str, data_type: int, dims) -> None:
+    """An initializer whose data ORT takes from SessionOptions.add_external_initializers."""
+    stub = graph.initializer.add(name=name, data_type=data_type, dims=list(dims),
+                                 data_location=onnx.TensorProto.EXTERNAL)
+    stub.external_data.add(key="location", value="qcompile-in-memory.bin")
+
+
+def _inputs_as_initializers(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of a (weightless) model whose graph inputs named in ``arrays`` become stub initializers."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = [v for v in copy.graph.input if v.name not in arrays]
+    del copy.graph.input[:]
+    copy.graph.input.extend(kept)
+    for name, array in arrays.items():
+        _add_stub_initializer(copy.graph, name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+    return copy
+
+
+@contextlib.contextmanager
+def _model_source(model: onnx.ModelProto | bytes | str | Path, options: ort.SessionOptions,
+                  initializers: Mapping[str, np.ndarray] | None = None) -> Iterator[bytes | str]:
+    """What ORT is given: bytes, or a path. A ModelProto over protobuf's 2 GB limit goes without its large
+    weights, which are handed to ORT as in-memory initializers (ORT copies each once; no file is written);
+    ``initializers`` name graph inputs of ``model`` that are really weights, given the same way."""
+    if initializers:
+        if not isinstance(model, onnx.ModelProto):
+            raise TypeError("initializers can only be given with a ModelProto")
+        names = list(initializers)
+        options.add_external_initializers(
+            names, [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names])
+        yield _inputs_as_initializers(model, initializers).SerializeToString()
+        return
     if isinstance(model, onnx.ModelProto):
-        size = model.ByteSize()
-        if size > MAX_PROTO_BYTES:
-            raise UnsupportedModelError(
-                f"model over 2 GB ({size / 2**30:.1f} GiB) must be given as a path (saved with external data)"
-            )
-        return model.SerializeToString()
+        if model_size_bytes(model) <= LARGE_MODEL_BYTES:
+            yield model.SerializeToString()
+            return
+        skeleton, large = _weightless_copy(model, _IN_MEMORY_INITIALIZER_BYTES)
+        values = [ort.OrtValue.ortvalue_from_numpy(onnx.numpy_helper.to_array(t)) for t in large]
+        options.add_external_initializers([t.name for t in large], values)
+        yield skeleton.SerializeToString()
+        return
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)
+        yield bytes(model)
+        return
     if isinstance(model, (str, Path)):
-        return str(Path(model))
+        yield str(Path(model))
+        return
     raise TypeError(f"model must be a ModelProto, bytes, str or Path, not {type(model).__name__}")
+
+
+def _register_custom_ops(options: ort.SessionOptions, library: Path) -> None:
+    """Load a custom-op library the caller asked for by name (see the module docstring)."""
+    if not library.is_file():
+        raise ConfigError(f"custom op library {library} does not exist or is not a file")
+    logger.info("registering custom op library %s (asked for)", library)
+    try:
+        options.register_custom_ops_library(str(library))
+    except Exception as exc:  # ORT's pybind errors derive from Exception only
+        raise ConfigError(f"cannot load custom op library {library}: {ort_error_line(exc)}") from exc
 
 
 def make_session(
@@ -98,6 +200,8 @@ def make_session(
     optimized_model_path: Path | None = None,
     config_entries: Mapping[str, str] | None = None,
     log_severity: int = 3,
+    initializers: Mapping[str, np.ndarray] | None = None,
+    custom_op_library: str | Path | None = None,
 ) -> ort.InferenceSession:
     """Build an ``ort.InferenceSession``.
 
@@ -105,6 +209,9 @@ def make_session(
     optimized_model_path: where ORT writes the graph after optimisation (``optimized_model_filepath``).
     config_entries: extra ``add_session_config_entry`` pairs, e.g. ``{"session.qdqisint8allowed": "1"}``.
     log_severity: ORT's log level for this session (3 = errors only; 2 would print ORT's warnings).
+    initializers: arrays for graph inputs of ``model`` that are weights (see qcompile.graph_weights): ORT gets
+    them as initializers without the model carrying their bytes.
+    custom_op_library: a shared library of ORT custom ops to register (opt-in: it runs the library's code).
     """
     if isinstance(providers, str):
         raise ConfigError(f"providers must be a sequence of provider names, not the string {providers!r}")
@@ -133,10 +240,17 @@ def make_session(
         so.optimized_model_filepath = str(optimized_model_path)
     for key, value in (config_entries or {}).items():
         so.add_session_config_entry(str(key), str(value))
+    if custom_op_library is not None:
+        _register_custom_ops(so, Path(custom_op_library))
 
-    source = _model_source(model)
+    if not isinstance(model, (onnx.ModelProto, bytes, bytearray, memoryview, str, Path)):
+        raise TypeError(f"model must be a ModelProto, bytes, str or Path, not {type(model).__name__}")
+    source: bytes | str = b""
     try:
-        return ort.InferenceSession(source, sess_options=so, providers=list(providers))
+        with _model_source(model, so, initializers) as source:
+            return ort.InferenceSession(source, sess_options=so, providers=list(providers))
+    except QCompileError:
+        raise
     except Exception as exc:  # ORT's pybind errors derive from Exception only
         line = ort_error_line(exc)
         name = type(exc).__name__

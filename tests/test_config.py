@@ -165,7 +165,7 @@ def test_from_toml_missing_file_and_bad_toml(tmp_path):
     ("[[overrides]]\npattern = 'x'\n[overrides.weight]\nbits = 8\n", "bits"),
     ("[calibration]\nsamples = 8\n", "samples"),
     ("[calibration.image]\nresize = [224, 224]\n", "resize"),
-    ("[smoothquant]\nalpha = 0.5\n", "smoothquant"),
+    ("[smoothquant]\nalfa = 0.5\n", "alfa"),
 ])
 def test_unknown_keys_are_errors_naming_the_key(tmp_path, recipe, key):
     with pytest.raises(ConfigError) as info:

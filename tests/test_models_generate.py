@@ -89,9 +89,12 @@ def test_io_signatures(built):
     assert sig(built["multi_dtype_inputs"]) == (
         {"tokens": (I32, ["batch", "sequence"]), "state": (F, ["batch", 16]), "temperature": (F, [])},
         {"logits": ["batch", 8], "new_state": ["batch", 16]})
+    assert sig(built["loop_scan_model"]) == ({"seq": (F, ["batch", "time", 8])},
+                                             {"y": ["batch", 4], "states": ["time", "batch", 16]})
     opsets = {n: m.opset_import[0].version for n, m in built.items()}
     assert opsets == {"tiny_cnn": 17, "tiny_transformer": 17, "constant_weights_cnn": 13, "opset11_cnn": 11,
-                      "if_subgraph_model": 17, "multi_dtype_inputs": 17, "shape_computed_pad_cnn": 13}
+                      "if_subgraph_model": 17, "multi_dtype_inputs": 17, "shape_computed_pad_cnn": 13,
+                      "loop_scan_model": 17}
 
 
 def _op_counts(model: onnx.ModelProto) -> dict[str, int]:

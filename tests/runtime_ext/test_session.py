@@ -145,10 +145,19 @@ def test_unknown_op_is_unsupported_model_error() -> None:
         make_session(model)
 
 
-def test_model_over_2gb_must_be_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_mod, "MAX_PROTO_BYTES", 16)
-    with pytest.raises(UnsupportedModelError, match="2 GB"):
-        make_session(_matmul_add())
+def test_model_over_2gb_gets_its_weights_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _matmul_add()
+    feed = {i.name: np.ones([d if isinstance(d, int) else 2 for d in i.shape], dtype=np.float32)
+            for i in make_session(model).get_inputs()}
+    expected = make_session(model).run(None, feed)
+    monkeypatch.setattr(session_mod, "LARGE_MODEL_BYTES", 16)
+    monkeypatch.setattr(session_mod, "_IN_MEMORY_INITIALIZER_BYTES", 4)
+    skeleton, large = session_mod._weightless_copy(model, 4)
+    assert large and all(t.data_location == onnx.TensorProto.EXTERNAL for t in skeleton.graph.initializer
+                         if t.name in {w.name for w in large})
+    session = make_session(model)
+    for got, want in zip(session.run(None, feed), expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_unavailable_provider_is_config_error() -> None:

