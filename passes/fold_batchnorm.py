@@ -1,11 +1,13 @@
-"""BatchNormalization folding into the preceding Conv or Gemm.
+"""BatchNormalization folding into the preceding Conv, ConvTranspose or Gemm.
 
 For y = γ·(conv(x, W) + b - μ)/√(σ² + ε) + β, with k = γ/√(σ² + ε) per output channel c:
 
     W'[c] = k[c]·W[c],     b'[c] = k[c]·(b[c] - μ[c]) + β[c]
 
-so conv(x, W') + b' = y exactly (up to float rounding). Folded only when W, b and the BN parameters are
-constants, the Conv output feeds nothing but the BN, and BN is in inference mode (one output).
+so conv(x, W') + b' = y exactly (up to float rounding). A Gemm y = α·A·op(W) + β_g·C (BatchNorm1d after a
+Linear) is the same with b = β_g·C, the output channel on op(W)'s columns (W's axis 0 with transB, else 1) and
+β_g set to 1; C must broadcast as a per-column vector. Folded only when W, b and the BN parameters are
+constants, the producer's output feeds nothing but the BN, and BN is in inference mode (one output).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class FoldBatchNormPass(GraphPass):
         declined = 0
         for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
             producer = bn.inputs[0].inputs[0] if bn.inputs[0].inputs else None
-            if producer is None or producer.op not in ("Conv", "ConvTranspose") or len(bn.outputs) != 1:
+            if producer is None or producer.op not in ("Conv", "ConvTranspose", "Gemm") or len(bn.outputs) != 1:
                 declined += 1
                 continue
             params = bn.inputs[1:5]
@@ -53,6 +55,14 @@ class FoldBatchNormPass(GraphPass):
                     continue
                 axis = 1
             bias = producer.inputs[2].values if len(producer.inputs) > 2 else np.zeros(out_channels, np.float32)
+            if producer.op == "Gemm":
+                if bias.size not in (1, out_channels) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+                    declined += 1   # a C that varies per row is not a per-channel bias
+                    continue
+                axis = 0 if producer.attrs.get("transB", 0) else 1
+                bias = np.broadcast_to(float(producer.attrs.get("beta", 1.0)) * bias.reshape(-1),
+                                       (out_channels,)).astype(np.float32)
+                producer.attrs["beta"] = 1.0
             new_w, new_b = fold_bn_into_weights(weight.values, bias, *(p.values for p in params),
                                                 float(bn.attrs.get("epsilon", 1e-5)), axis)
             producer.inputs[1] = gs.Constant(f"{weight.name}_bnfolded_{producer.name}", new_w)

@@ -42,6 +42,11 @@ class FidelityAccumulator:
     def add(self, name: str, reference: np.ndarray, approx: np.ndarray) -> None:
         if reference.dtype.kind != "f" or reference.size == 0:
             return
+        # outputs holding Inf/NaN (a model whose weights do) give NaN metrics, reported as such, not a warning
+        with np.errstate(invalid="ignore", over="ignore"):
+            self._add(name, reference, approx)
+
+    def _add(self, name: str, reference: np.ndarray, approx: np.ndarray) -> None:
         ref = reference if reference.ndim > 0 else reference.reshape(1)
         app = approx.reshape(ref.shape)
         self.cosines.setdefault(name, []).extend(cosine_rows(ref, app).tolist())

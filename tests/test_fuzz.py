@@ -283,7 +283,8 @@ def _mutate(c: Choices, model: onnx.ModelProto) -> str:
         init.data_type = c.pick(DTYPES)
     elif kind == "init_dims" and init is not None:
         init.dims[:] = c.some(DIMS, 4)
-    elif kind == "init_values" and init is not None and init.data_type == TensorProto.FLOAT:
+    elif (kind == "init_values" and init is not None and init.data_type == TensorProto.FLOAT
+          and not init.external_data and init.data_location != TensorProto.EXTERNAL):
         value = c.pick([np.nan, np.inf, -np.inf, 3e38, 0.0, 1e-45, -1e30])
         try:
             array = numpy_helper.to_array(init).copy()

@@ -1,4 +1,4 @@
-"""Tests for passes/fold_batchnorm.py: BN folded into Conv / ConvTranspose (structure and ORT numbers) and the
+"""Tests for passes/fold_batchnorm.py: BN folded into Conv / ConvTranspose / Gemm (structure and ORT numbers) and the
 fold_bn_into_weights math (hypothesis)."""
 
 from __future__ import annotations
@@ -130,6 +130,41 @@ def test_shared_weight_two_bns():
     assert result.stats["folded"] == 2
     for a, b in zip(run_unoptimized(folded, {"x": X}), before):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+def gemm_bn_model(trans_b: int, bias_shape: tuple[int, ...] | None, alpha: float = 1.0, beta: float = 1.0,
+                  trans_a: int = 0) -> onnx.ModelProto:
+    """x [4, 6] -> Gemm(W, C) [4, 5] -> BatchNormalization (BatchNorm1d after a Linear)."""
+    rng = np.random.default_rng(7)
+    k, m = 6, 5
+    inits = [_arr("W", rng.standard_normal((m, k) if trans_b else (k, m)))] + _bn_params(rng, m)
+    gemm_inputs = ["x", "W"]
+    if bias_shape is not None:
+        inits.append(_arr("C", rng.standard_normal(bias_shape)))
+        gemm_inputs.append("C")
+    nodes = [helper.make_node("Gemm", gemm_inputs, ["g"], name="fc", transA=trans_a, transB=trans_b, alpha=alpha,
+                              beta=beta),
+             helper.make_node("BatchNormalization", ["g", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["y"],
+                              name="bn")]
+    x_shape = [k, 4] if trans_a else [4, k]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, m])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("bias_shape", [None, (5,), (1, 5), (1,)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0)])
+def test_bn_after_gemm_is_folded(trans_a, trans_b, bias_shape, alpha, beta):
+    model = gemm_bn_model(trans_b, bias_shape, alpha, beta, trans_a)
+    x = np.random.default_rng(2).standard_normal((6, 4) if trans_a else (4, 6)).astype(np.float32)
+    before = run_unoptimized(model, {"x": x})[0]
+    folded, result = _apply(model)
+    assert _ops(folded) == ["Gemm"] and result.stats == {"folded": 1, "declined": 0}
+    np.testing.assert_allclose(run_unoptimized(folded, {"x": x})[0], before, rtol=RTOL, atol=ATOL)
+
+def test_bn_after_gemm_with_a_per_row_bias_is_declined():
+    folded, result = _apply(gemm_bn_model(1, (4, 5)))
+    assert _ops(folded) == ["Gemm", "BatchNormalization"] and result.stats == {"folded": 0, "declined": 1}
 
 # ---------------------------------------------------------------------------------------------- math
 
