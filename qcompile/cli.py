@@ -17,7 +17,7 @@ import click
 
 from qcompile import __version__
 from qcompile.config import (Preset, WeightOnlyAlgorithm, WeightOnlyForm, weight_only_from_mapping,
-                             CalibrationMethod, CompileConfig, ImageLayout, ImageOptions, Target, WorkersConfig,
+                             CalibrationMethod, CompileConfig, ImageLayout, Target, WorkersConfig,
                              from_toml)
 from qcompile.config import AccuracyBudget, CalibrationProvider, LayerAnalysis
 from qcompile.config import SmoothScope, parse_alpha

@@ -102,7 +102,7 @@ def format_inspection(result: dict[str, Any]) -> str:
     for kind in ("inputs", "outputs"):
         lines.append(f"{kind}: " + ", ".join(f"{v['name']} {v['shape']}" for v in result[kind]))
     lines.append("ops: " + ", ".join(f"{op} {count}" for op, count in result["op_histogram"].items()))
-    lines.append(f"after prepare: " + ", ".join(f"{op} {count}" for op, count in
+    lines.append("after prepare: " + ", ".join(f"{op} {count}" for op, count in
                                                  result["prepared_op_histogram"].items()))
     nodes = result["nodes"]
     float_nodes = [n for n in nodes if n["plan"] == "float"]

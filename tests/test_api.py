@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from models.generate import EVAL_SEED, make_samples, read_calibration, tiny_cnn, tiny_transformer
+from models.generate import EVAL_SEED, make_samples, read_calibration, tiny_cnn
 from qcompile.api import CompileResult, compile_model
 from qcompile.config import CalibrationConfig, CompileConfig
 from qcompile.errors import ModelSaveError

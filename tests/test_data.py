@@ -12,7 +12,6 @@ from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
 from PIL import Image
 
-from qcompile import data as data_mod
 from qcompile.config import ImageLayout, ImageOptions
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
 from qcompile.errors import CalibrationDataError

@@ -11,7 +11,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 

@@ -6,7 +6,6 @@ fake-quantisation and code histogram match ONNX Runtime / numpy."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.config import CompileConfig

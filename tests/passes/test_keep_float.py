@@ -4,7 +4,6 @@ under full graph optimisation equals the graph as written), and quantised nodes 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from qcompile import compile_model
 from qcompile.config import AnalysisConfig, CompileConfig, LayerAnalysis

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 from qcompile import compile_model
-from qcompile.config import CompileConfig, Target, config_from_mapping
+from qcompile.config import Target, config_from_mapping
 
 pytestmark = pytest.mark.slow
 
