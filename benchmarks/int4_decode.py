@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from qcompile import compile_model
 from qcompile.config import config_from_mapping
+from qcompile.evaluation import interleaved_latency
 from qcompile.io import save_model
 
 logger = logging.getLogger("int4_decode")
@@ -108,26 +109,10 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def measure(sessions: dict[str, ort.InferenceSession], feed, rounds: int, runs: int, warmup: int):
-    names = list(sessions)
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    ratios: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        round_median = {}
-        for name in order:
-            sess = sessions[name]
-            for _ in range(warmup):
-                sess.run(None, feed)
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                times.append(time.perf_counter() - start)
-            round_median[name] = float(np.median(times))
-        for name in names:
-            medians[name].append(round_median[name])
-            ratios[name].append(round_median[name] / round_median["fp32"])
-    return {n: (float(np.median(medians[n])) * 1e3, float(np.median(ratios[n]))) for n in names}
+    """(median ms, median ratio to FP32) per session; the "fp32" session must come first."""
+    assert next(iter(sessions)) == "fp32"
+    timings = interleaved_latency(sessions, feed, rounds=rounds, runs=runs, warmup=warmup)
+    return {name: (entry["median_ms"], entry["ratio"]) for name, entry in timings.items()}
 
 
 METHODS = {

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import onnxruntime as ort
 
 from qcompile import compile_model
 from qcompile.config import Target, config_from_mapping
+from qcompile.evaluation import interleaved_latency
 from qcompile.io import model_size_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "real"))
@@ -46,20 +45,9 @@ def _feed(case: str, eval_path: Path) -> dict[str, np.ndarray]:
 
 
 def _latency(sessions: dict[str, ort.InferenceSession], feed, rounds: int, runs: int) -> dict[str, float]:
-    ratios: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        medians = {}
-        for name, session in sessions.items():
-            session.run(None, feed)
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - start)
-            medians[name] = statistics.median(times)
-        for name in sessions:
-            ratios[name].append(medians[name] / medians["fp32"])
-    return {name: statistics.median(values) for name, values in ratios.items()}
+    """Median over rounds of latency / FP32 latency (the "fp32" session comes first)."""
+    timings = interleaved_latency(sessions, feed, rounds=rounds, runs=runs, warmup=1)
+    return {name: entry["ratio"] for name, entry in timings.items()}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from qcompile import compile_model
 from qcompile.config import config_from_mapping
+from qcompile.evaluation import interleaved_latency
 
 logger = logging.getLogger("weight_only_accuracy")
 
@@ -75,20 +76,7 @@ def sentence_cosines(ref: ort.InferenceSession, quant: ort.InferenceSession, row
 
 def latency_ratio(ref: ort.InferenceSession, quant: ort.InferenceSession, feed, rounds: int = 5,
                   runs: int = 20) -> float:
-    ratios = []
-    for r in range(rounds):
-        medians = {}
-        for name, sess in (("ref", ref), ("q", quant)) if r % 2 == 0 else (("q", quant), ("ref", ref)):
-            for _ in range(3):
-                sess.run(None, feed)
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                times.append(time.perf_counter() - start)
-            medians[name] = float(np.median(times))
-        ratios.append(medians["q"] / medians["ref"])
-    return float(np.median(ratios))
+    return interleaved_latency({"ref": ref, "q": quant}, feed, rounds=rounds, runs=runs)["q"]["ratio"]
 
 
 def main(argv=None) -> int:

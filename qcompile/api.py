@@ -21,7 +21,7 @@ from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
 from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
-from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
+from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
 from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
                                            upgrade_default_opset)
@@ -54,12 +54,14 @@ class CompileResult:
         path = Path(path)
         report_path = Path(report_path) if report_path else default_report_path(path)
         protected = tuple(Path(p) for p in protected) + tuple(_input_paths(self.report))
-        written = save_model(self.model, path, protected=protected)
+        staging = StagedFiles()   # both files (and a data file) are renamed into place together, or none
         try:
-            write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written))
+            written = save_model(self.model, path, protected=protected, staging=staging)
+            write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written),
+                              staging=staging)
+            staging.commit()
         except BaseException:
-            for file in written:
-                file.unlink(missing_ok=True)
+            staging.cleanup()
             raise
         return path, report_path
 

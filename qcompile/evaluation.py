@@ -158,6 +158,15 @@ def measure_latency(models: Mapping[str, onnx.ModelProto | str | Path], feed: Fe
     if not models:
         return {}
     sessions = {name: make_session(model, threads=threads) for name, model in models.items()}
+    timings = interleaved_latency(sessions, feed, rounds=rounds, runs=runs, warmup=warmup)
+    return {name: {**entry, "rounds": rounds, "runs": runs, "threads": threads} for name, entry in timings.items()}
+
+
+def interleaved_latency(sessions: Mapping[str, Any], feed: Feed, *, rounds: int = 5, runs: int = 20,
+                        warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Median latency (ms) per session over rounds, and the median per-round ratio to the first session.
+
+    The order rotates each round, so slow drift of a shared machine's load hits every session alike."""
     names = list(sessions)
     per_round: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
@@ -174,6 +183,5 @@ def measure_latency(models: Mapping[str, onnx.ModelProto | str | Path], feed: Fe
             per_round[name].append(statistics.median(timings))
     base = per_round[names[0]]
     return {name: {"median_ms": 1000 * statistics.median(values),
-                   "ratio": statistics.median(v / b for v, b in zip(values, base)),
-                   "rounds": rounds, "runs": runs, "threads": threads}
+                   "ratio": statistics.median(v / b for v, b in zip(values, base))}
             for name, values in per_round.items()}

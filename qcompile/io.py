@@ -29,11 +29,14 @@ Sizes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -618,8 +621,26 @@ def _external_data_path(dest: Path) -> Path:
     return dest.with_name(f"{stem}.onnx.data")
 
 
-class _Staging:
-    """Temporary files in the destination folder, moved into place by commit() or removed on failure."""
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (POSIX, main thread) for a few renames; a held signal is delivered on exit."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StagedFiles:
+    """Temporary files in the destination folders, moved into place together by commit() or removed by cleanup().
+
+    commit() renames every file with SIGINT/SIGTERM held back, and if anything interrupts it (a rename fails, or a
+    held signal arrives as the signals are released) it removes the files it had moved into place, so a Ctrl-C
+    leaves either all of them or none."""
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, Path]] = []
@@ -633,32 +654,49 @@ class _Staging:
             pass
         return os.fdopen(fd, "wb")
 
+    def discard(self, dest: Path) -> None:
+        """Drop the staged file for ``dest`` (written, then found not to be needed)."""
+        for tmp, staged in [p for p in self._pending if p[1] == dest]:
+            self._pending.remove((tmp, staged))
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
     def commit(self) -> None:
-        parents = set()
-        while self._pending:
-            tmp, dest = self._pending[0]
-            os.replace(tmp, dest)
-            self._pending.pop(0)
-            parents.add(dest.parent)
-        for parent in parents:  # make the renames durable; best effort
-            try:
-                dfd = os.open(parent, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(dfd)
-            except OSError:
-                pass
-            finally:
-                os.close(dfd)
+        placed: list[Path] = []
+        try:
+            with _signals_held():
+                while self._pending:
+                    tmp, dest = self._pending[0]
+                    os.replace(tmp, dest)
+                    self._pending.pop(0)
+                    placed.append(dest)
+                for parent in {dest.parent for dest in placed}:  # make the renames durable; best effort
+                    _fsync_folder(parent)
+        except BaseException:
+            for dest in placed:
+                with contextlib.suppress(OSError):
+                    dest.unlink()
+            self.cleanup()
+            raise
 
     def cleanup(self) -> None:
         for tmp, _ in self._pending:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
         self._pending.clear()
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def _finish(f) -> None:
@@ -735,11 +773,12 @@ def _serialize(model: onnx.ModelProto, dest: Path) -> bytes:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
-               protected: Sequence[str | os.PathLike] = ()) -> list[Path]:
+               protected: Sequence[str | os.PathLike] = (), staging: StagedFiles | None = None) -> list[Path]:
     """Write ``model`` to ``path`` atomically; return the files written (the .onnx and its data file, if any).
 
     Models over EXTERNAL_DATA_THRESHOLD bytes keep their initializers of EXTERNAL_DATA_MIN_TENSOR_BYTES or
-    more in ``<stem>.onnx.data`` next to ``path``.  The caller's proto is never modified.
+    more in ``<stem>.onnx.data`` next to ``path``.  The caller's proto is never modified.  With ``staging``
+    the files are only staged there, for the caller to commit together with others (or clean up).
     """
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"save_model expects an onnx.ModelProto, not {type(model).__name__}")
@@ -751,7 +790,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         if data_path == dest:
             raise ModelSaveError(_one_line(f"cannot save model to {dest}: its name clashes with its data file"))
         _check_destination(data_path, protected, what="external data file")
-    staging = _Staging()
+    own_staging = staging is None
+    staging = staging if staging is not None else StagedFiles()
     try:
         written = [dest]
         if external:
@@ -785,7 +825,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
             if count:
                 written.append(data_path)
             else:
-                staging.cleanup()  # nothing was large enough: no data file
+                staging.discard(data_path)  # nothing was large enough: no data file
         elif any(_uses_external(t) for t, _ in _iter_model_tensors(model)):
             out = onnx.ModelProto()
             _copy_for_save(model, out, _inline_hook)
@@ -797,7 +837,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
             f.write(data)
             _finish(f)
         del data
-        staging.commit()
+        if own_staging:
+            staging.commit()
     except _StaleExternalData as e:
         staging.cleanup()
         raise ModelSaveError(_one_line(f"cannot save model to {dest}: {e}")) from None
@@ -811,16 +852,20 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     return written
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, *, protected: Sequence[str | os.PathLike] = ()) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, refusing any ``protected`` path."""
+def write_text_atomic(path: str | os.PathLike, text: str, *, protected: Sequence[str | os.PathLike] = (),
+                      staging: StagedFiles | None = None) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, refusing any ``protected`` path (with ``staging``: staged
+    there only, as in save_model)."""
     dest = Path(os.path.abspath(os.fspath(path)))
     _check_destination(dest, protected, what="file")
-    staging = _Staging()
+    own_staging = staging is None
+    staging = staging if staging is not None else StagedFiles()
     try:
         with staging.open(dest) as f:
             f.write(text.encode("utf-8"))
             _finish(f)
-        staging.commit()
+        if own_staging:
+            staging.commit()
     except OSError as e:
         staging.cleanup()
         raise ModelSaveError(_one_line(f"cannot write {dest}: {e.strerror or e}")) from e

@@ -457,13 +457,13 @@ def _touch_and_wait():
 
 _SLOW_SAVE = _TOUCH_AND_WAIT + """
 import qcompile.io as _io
-_open = _io._Staging.open
+_open = _io.StagedFiles.open
 def _slow_open(self, dest):
     f = _open(self, dest)
     if dest.name.endswith(".onnx"):  # the output's temporary file now exists
         _touch_and_wait()
     return f
-_io._Staging.open = _slow_open
+_io.StagedFiles.open = _slow_open
 """
 
 _SLOW_CALIBRATION = _TOUCH_AND_WAIT + """
@@ -479,14 +479,14 @@ _ort.InferenceSession.run = _slow_run
 def _disk_full(suffix: str) -> str:
     return f"""
 import errno, qcompile.io as _io
-_open = _io._Staging.open
+_open = _io.StagedFiles.open
 def _full(self, dest):
     f = _open(self, dest)
     if dest.name.endswith({suffix!r}):  # fails with the temporary file created
         f.close()
         raise OSError(errno.ENOSPC, "No space left on device")
     return f
-_io._Staging.open = _full
+_io.StagedFiles.open = _full
 """
 
 

@@ -660,3 +660,60 @@ def test_model_over_2gib(tmp_path):
         assert np.frombuffer(f.read(4), np.float32)[0] == 1.5
         f.seek(int(info["offset"]) + nbytes - 4)
         assert np.frombuffer(f.read(4), np.float32)[0] == -2.0
+
+
+# ------------------------------------------------------------------------------------------------ staged commits
+
+
+def _stage(folder, names):
+    staging = qio.StagedFiles()
+    for name in names:
+        with staging.open(folder / name) as f:
+            f.write(name.encode())
+    return staging
+
+
+def test_staged_files_commit_places_all(tmp_path):
+    _stage(tmp_path, ["a.onnx", "a.report.json"]).commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.report.json"]
+    assert (tmp_path / "a.onnx").read_bytes() == b"a.onnx"
+
+
+def test_staged_files_failed_rename_removes_what_was_placed(tmp_path, monkeypatch):
+    staging = _stage(tmp_path, ["a.onnx", "a.report.json"])
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C hit between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(qio.os, "replace", replace_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        staging.commit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_files_sigint_during_commit_is_held_then_rolls_back(tmp_path, monkeypatch):
+    import signal
+    staging = _stage(tmp_path, ["a.onnx", "a.report.json"])
+    real_replace, calls = os.replace, []
+
+    def replace_with_sigint(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)  # held back until every rename is done
+        real_replace(src, dst)
+        calls.append(dst)
+
+    monkeypatch.setattr(qio.os, "replace", replace_with_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        staging.commit()
+    assert len(calls) == 2                  # the signal did not cut the renames short...
+    assert list(tmp_path.iterdir()) == []   # ...and once delivered, it undid them
+
+
+def test_staged_files_discard_drops_one_file(tmp_path):
+    staging = _stage(tmp_path, ["a.onnx", "a.onnx.data"])
+    staging.discard(tmp_path / "a.onnx.data")
+    staging.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.onnx"]
