@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import logging
 import math
@@ -300,6 +301,9 @@ def run_compile(method: str, model: Path, calib: Path, out_dir: Path, timeout: f
     inc_worker.py` for INC's. Peak RSS is the child's own VmHWM (os.wait4's ru_maxrss only as a fallback)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "worker.log"
+    if method == "ort_matmulnbits" and importlib.util.find_spec("onnx_ir") is None:
+        # onnxruntime's quantizer imports onnx-ir, which onnxruntime does not declare
+        return Compiled(method, unavailable="MatMulNBitsQuantizer needs onnx-ir: pip install -e '.[bench]'")
     if method in INC_METHODS:
         if inc_python is None:
             return Compiled(method, unavailable="no --inc-python given (INC needs its own venv, numpy<2)")

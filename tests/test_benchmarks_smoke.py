@@ -113,10 +113,15 @@ def test_compare_tiny_transformer_int4(tmp_path: Path) -> None:
     labels = compare.METHOD_LABELS
     assert set(rows) == {labels[m] for m in ("fp32", "qcompile_w4a16", "ort_matmulnbits", "inc_static")}
     assert rows[labels["inc_static"]]["cosine mean"].startswith("not available: cannot import onnx_neural_compressor")
-    for method in ("fp32", "qcompile_w4a16", "ort_matmulnbits"):
+    measured = ["fp32", "qcompile_w4a16"]
+    if importlib.util.find_spec("onnx_ir") is None:   # the [bench] extra; CI installs only [test,distributed]
+        assert rows[labels["ort_matmulnbits"]]["cosine mean"].startswith("not available: MatMulNBitsQuantizer needs onnx-ir")
+    else:
+        measured.append("ort_matmulnbits")
+    for method in measured:
         # 16 of the model's MatMuls are 4-bit; its embedding table stays 8-bit or float
         _check_measured(labels[method], rows[labels[method]], "cosine mean", 0.5)
-    for method in ("qcompile_w4a16", "ort_matmulnbits"):
+    for method in measured[1:]:
         assert _number(rows[labels[method]]["cosine mean"]) > 0.9, method
 
 
