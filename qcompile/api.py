@@ -20,7 +20,7 @@ from qcompile import __version__, distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
-from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
+from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
 from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
@@ -60,6 +60,9 @@ class CompileResult:
             write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written),
                               staging=staging)
             staging.commit()
+        except OSError as e:   # a rename refused (permissions, a folder removed meanwhile)
+            staging.cleanup()
+            raise ModelSaveError(f"cannot save {path}: {e.strerror or e}") from e
         except BaseException:
             staging.cleanup()
             raise

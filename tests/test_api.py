@@ -235,3 +235,26 @@ def test_generator_calibration():
     samples = make_samples("tiny_cnn", 4)
     result = compile_model(tiny_cnn(), (s for s in samples), CompileConfig(fidelity_samples=0))
     assert result.report.data["summary"]["quantized_nodes"] == 4
+
+
+def test_save_rename_failure_is_a_save_error_and_leaves_nothing(tiny_cnn_case, tmp_path, monkeypatch):
+    import os
+
+    import qcompile.io as qio
+    from qcompile.errors import ModelSaveError
+    model_path, calib_dir = tiny_cnn_case
+    result = compile_model(model_path, calib_dir)
+    real_replace, calls = os.replace, []
+
+    def refuse_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(qio.os, "replace", refuse_second)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ModelSaveError, match="Permission denied"):
+        result.save(out / "q.onnx")
+    assert list(out.iterdir()) == []
