@@ -11,27 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from qcompile import compile_model
 from qcompile.runtime_ext.fusion import INTEGER_KERNELS
+from real_helpers import cpu_session, eval_case
 
 pytestmark = pytest.mark.slow
-
-
-def _session(model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def _case(eval_dir: Path, name: str) -> Path:
-    folder = eval_dir / name
-    if not (folder / "model.onnx").is_file():
-        pytest.skip(f"{folder} has no model.onnx: the eval folder is incomplete")
-    return folder
 
 
 def _compile(folder: Path):
@@ -47,22 +33,22 @@ def _compile(folder: Path):
 
 
 def test_fmnist_cnn_agreement_and_size(eval_dir):
-    folder = _case(eval_dir, "fmnist_cnn")
+    folder = eval_case(eval_dir, "fmnist_cnn")
     result = _compile(folder)
     data = np.load(folder / "eval.npz")
     x, labels = data["x"][:4000], data["y"][:4000]
-    reference = _session(folder / "model.onnx").run(None, {"input": x})[0].argmax(1)
-    quantized = _session(result.model).run(None, {"input": x})[0].argmax(1)
+    reference = cpu_session(folder / "model.onnx").run(None, {"input": x})[0].argmax(1)
+    quantized = cpu_session(result.model).run(None, {"input": x})[0].argmax(1)
     assert np.mean(reference == quantized) >= 0.995
     assert np.mean(quantized == labels) >= np.mean(reference == labels) - 0.005
     assert result.report.data["summary"]["size_ratio"] <= 0.30
 
 
 def test_minilm_sentence_embedding_cosine(eval_dir):
-    folder = _case(eval_dir, "minilm")
+    folder = eval_case(eval_dir, "minilm")
     result = _compile(folder)
     data = np.load(folder / "eval.npz")
-    reference, quantized = _session(folder / "model.onnx"), _session(result.model)
+    reference, quantized = cpu_session(folder / "model.onnx"), cpu_session(result.model)
     cosines = []
     for row in range(data["input_ids"].shape[0]):
         length = int(data["attention_mask"][row].sum())
@@ -74,10 +60,10 @@ def test_minilm_sentence_embedding_cosine(eval_dir):
 
 
 def test_effnet_lite0_top1_agreement(eval_dir):
-    folder = _case(eval_dir, "effnet_lite0")
+    folder = eval_case(eval_dir, "effnet_lite0")
     result = _compile(folder)
     images = np.load(folder / "eval.npz")["input"]
-    reference, quantized = _session(folder / "model.onnx"), _session(result.model)
+    reference, quantized = cpu_session(folder / "model.onnx"), cpu_session(result.model)
     agree = []
     for start in range(0, images.shape[0], 20):
         batch = {"input": images[start:start + 20]}

@@ -20,6 +20,7 @@ import pytest
 
 from qcompile import compile_model
 from qcompile.config import Target, config_from_mapping
+from real_helpers import cpu_session
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +30,6 @@ EFFNET_ROWS = 40
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MIN_COSINE = {Target.CPU: 0.98, Target.CUDA: 0.98, Target.TENSORRT: 0.98}
 MIN_TOP1 = {Target.CPU: 0.85, Target.CUDA: 0.95, Target.TENSORRT: 0.80}
-
-
-def _session(model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _compile(case: Path, target: Target):
@@ -79,7 +72,7 @@ def test_minilm_target(eval_dir: Path, target: Target):
     result = _compile(case, target)
     if target is Target.CPU:
         _check_cpu_fusion(result)
-    cos = minilm_cosines(_session(case / "model.onnx"), _session(result.model), case / "eval.npz")
+    cos = minilm_cosines(cpu_session(case / "model.onnx", 1), cpu_session(result.model, 1), case / "eval.npz")
     assert np.isfinite(cos).all() and cos.mean() >= MIN_COSINE[target], cos.mean()
 
 
@@ -89,5 +82,5 @@ def test_effnet_target(eval_dir: Path, target: Target):
     result = _compile(case, target)
     if target is Target.CPU:
         _check_cpu_fusion(result)
-    top1 = effnet_top1(_session(case / "model.onnx"), _session(result.model), case / "eval.npz")
+    top1 = effnet_top1(cpu_session(case / "model.onnx", 1), cpu_session(result.model, 1), case / "eval.npz")
     assert top1 >= MIN_TOP1[target], top1

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
 
 from qcompile import compile_model
@@ -19,23 +18,9 @@ from qcompile.config import CompileConfig
 from qcompile.pass_infra import PassContext, run_steps
 from qcompile.pipeline import build_steps
 from qcompile.runtime_ext.target import resolve_profile
+from real_helpers import cpu_session, eval_case
 
 pytestmark = pytest.mark.slow
-
-
-def _session(model, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def _case(eval_dir: Path, name: str) -> Path:
-    folder = eval_dir / name
-    if not (folder / "model.onnx").is_file():
-        pytest.skip(f"{folder} has no model.onnx: the eval folder is incomplete")
-    return folder
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,7 +30,7 @@ def _compiled(folder: Path):
 
 @pytest.fixture
 def minilm(eval_dir):
-    folder = _case(eval_dir, "minilm")
+    folder = eval_case(eval_dir, "minilm")
     return folder, _compiled(folder)     # compiled once for the module's tests
 
 
@@ -59,7 +44,7 @@ def _rows(folder: Path):
 def test_minilm_cosine_size_and_fusion(minilm):
     folder, result = minilm
     report = result.report.data
-    reference, quantized = _session(folder / "model.onnx"), _session(result.model)
+    reference, quantized = cpu_session(folder / "model.onnx"), cpu_session(result.model)
     cosines = []
     for feed in _rows(folder):
         a = reference.run(["sentence_embedding"], feed)[0].ravel()
@@ -78,7 +63,7 @@ def test_minilm_cosine_size_and_fusion(minilm):
 
 @pytest.mark.parametrize("case", ["fmnist_cnn", "effnet_lite0"])
 def test_smoothquant_leaves_cnns_alone(eval_dir, case):
-    folder = _case(eval_dir, case)
+    folder = eval_case(eval_dir, case)
     config = CompileConfig()
     graph = gs.import_onnx(onnx.load(str(folder / "model.onnx")))
     ctx = PassContext(config=config, target=resolve_profile(config.target))

@@ -14,18 +14,12 @@ import pytest
 
 from qcompile import compile_model
 from qcompile.config import config_from_mapping
+from real_helpers import cpu_session
 
 pytestmark = pytest.mark.slow
 
 EVAL_ROWS = 60
 CALIB_ITEMS = 32
-
-
-def _session(model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _cosines(reference: ort.InferenceSession, quantized: ort.InferenceSession, eval_path: Path) -> np.ndarray:
@@ -65,7 +59,7 @@ def test_minilm_w4a16_default(minilm_default):
     assert summary["unfused_nodes"] == 0
     kinds = {n["ort_kernel"] for n in result.report.data["nodes"] if n["status"] == "quantized"}
     assert kinds <= {"MatMulNBits", "Gather"}
-    cos = _cosines(_session(case / "model.onnx"), _session(result.model), case / "eval.npz")
+    cos = _cosines(cpu_session(case / "model.onnx"), cpu_session(result.model), case / "eval.npz")
     assert cos.mean() >= 0.98, cos.mean()
 
 
