@@ -77,6 +77,8 @@ class FidelityAccumulator:
 def _finite(value: float | None) -> float | str | None:
     if value is None or math.isfinite(value):
         return value
+    if math.isnan(value):
+        return "nan"
     return "inf" if value > 0 else "-inf"
 
 
