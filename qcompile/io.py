@@ -623,16 +623,30 @@ def _external_data_path(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (POSIX, main thread) for a few renames; a held signal is delivered on exit."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT/SIGTERM back for a few renames (main thread only); a held signal goes to its handler on exit.
+
+    The Python-level handlers are swapped for one that only records, rather than masking the signals: a mask
+    covers the calling thread only, and the kernel hands a process-directed signal to any thread that does not
+    mask it (ORT's pool threads)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:       # None: a handler not installed from Python; leave it
+            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)              # e.g. KeyboardInterrupt, raised here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])       # the default action, now that the files are in place
 
 
 class StagedFiles:

@@ -679,6 +679,31 @@ def test_staged_files_commit_places_all(tmp_path):
     assert (tmp_path / "a.onnx").read_bytes() == b"a.onnx"
 
 
+def test_staged_files_sigterm_with_its_default_action_is_held_until_the_files_are_in_place(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    # a library caller that left SIGTERM at SIG_DFL: the process dies, but only after every rename
+    script = f"""
+import os, signal, pathlib, qcompile.io as qio
+folder = pathlib.Path({str(tmp_path)!r})
+staging = qio.StagedFiles()
+for name in ("a.onnx", "a.report.json"):
+    with staging.open(folder / name) as f:
+        f.write(b"x")
+real = os.replace
+def replace(src, dst):
+    os.kill(os.getpid(), signal.SIGTERM)
+    real(src, dst)
+qio.os.replace = replace
+staging.commit()
+print("not reached")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM and "not reached" not in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.report.json"]
+
+
 def test_staged_files_failed_rename_removes_what_was_placed(tmp_path, monkeypatch):
     staging = _stage(tmp_path, ["a.onnx", "a.report.json"])
     real_replace, calls = os.replace, []
@@ -695,8 +720,15 @@ def test_staged_files_failed_rename_removes_what_was_placed(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-def test_staged_files_sigint_during_commit_is_held_then_rolls_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_staged_files_sigint_during_commit_is_held_then_rolls_back(tmp_path, monkeypatch, other_thread):
     import signal
+    import threading
+    # another live thread (as ORT's pool threads are in the CLI) may be the one the kernel hands the signal to
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    if other_thread:
+        worker.start()
     staging = _stage(tmp_path, ["a.onnx", "a.report.json"])
     real_replace, calls = os.replace, []
 
@@ -708,6 +740,9 @@ def test_staged_files_sigint_during_commit_is_held_then_rolls_back(tmp_path, mon
     monkeypatch.setattr(qio.os, "replace", replace_with_sigint)
     with pytest.raises(KeyboardInterrupt):
         staging.commit()
+    release.set()
+    if other_thread:
+        worker.join()
     assert len(calls) == 2                  # the signal did not cut the renames short...
     assert list(tmp_path.iterdir()) == []   # ...and once delivered, it undid them
 
