@@ -63,6 +63,17 @@ def _samples(n: int):
     return [{"ids": rng.integers(0, VOCAB, (1, 7)), "kind": rng.integers(0, 4, (1, 7))} for _ in range(n)]
 
 
+@pytest.mark.parametrize("per_column", [True, False])
+def test_subnormal_and_zero_columns_get_a_positive_scale(per_column):
+    # max|E| / 127 underflows to 0 in float32 for a column of subnormals; the scale is floored at the smallest
+    # normal float32, so nothing divides by zero and the codes stay finite
+    table = np.array([[1e-45, 0.0, 1.0], [-1e-45, 0.0, -0.5]], np.float32)
+    with np.errstate(divide="raise", invalid="raise"):
+        codes, scale = quantize_table(table, per_column)
+    assert np.all(scale > 0) and codes.dtype == np.int8
+    assert np.all(np.abs(codes.astype(np.float32) * scale - table) <= scale / 2 + 1e-45)
+
+
 @pytest.mark.parametrize("granularity", [Granularity.CHANNEL, Granularity.TENSOR])
 def test_embedding_becomes_int8_gather_and_dq(granularity):
     model = _model()
