@@ -28,6 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity, QuantSpec
+from qcompile.errors import UnsupportedModelError
 from qcompile.pass_infra import (CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult, StatKind,
                                  StatRequest)
 from qcompile.qparams import (QParams, QuantDType, bias_safe_weight_scale, compute_qparams, dequantize,
@@ -39,6 +40,20 @@ logger = logging.getLogger(__name__)
 _FLOAT_TYPES = (np.float32,)
 _WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 _BIAS_INPUT = {"Conv": 2, "Gemm": 2}
+
+
+def bias_scale(x_params: QParams, w_params: QParams, node_name: str) -> np.ndarray:
+    """The int32 bias scale s_x · s_w (per channel or scalar), float32.
+
+    Raises UnsupportedModelError when it has no float32 value: then max|x| · max|w| is beyond float32, so the
+    FP32 node overflows as well and no int32 bias can represent its bias."""
+    with np.errstate(over="ignore"):
+        scale = (np.float32(x_params.scale) * w_params.scale.astype(np.float32)).astype(np.float32)
+    if not np.all(np.isfinite(scale)):
+        raise UnsupportedModelError(
+            f"node {node_name}: input scale {float(x_params.scale):.3g} x weight scale "
+            f"{float(np.max(w_params.scale)):.3g} overflows float32 (the FP32 model overflows there)")
+    return scale
 
 
 @dataclass
@@ -328,6 +343,7 @@ class InsertQDQPass(CalibratedPass):
                       "reduce_range": profile.reduce_range, "activation_dtype": act_dtype.value,
                       "input_scale": float(x_params.scale)}
             if bias is not None:
+                bias_scale(x_params, w_params, node.name)   # before bias correction, which overflows alike
                 if correct:
                     mean = ctx.range_of(_mean_request(node_input[name], node.op)).min
                     shift = bias_correction_delta(node.op, weight.values, dequantize(w_quantized, w_params), mean,
@@ -404,7 +420,7 @@ class InsertQDQPass(CalibratedPass):
 
     @staticmethod
     def _insert_bias_dq(graph: gs.Graph, bias: gs.Constant, x_params: QParams, w_params: QParams, node_name: str) -> gs.Variable:
-        scale = (np.float32(x_params.scale) * w_params.scale.astype(np.float32)).astype(np.float32)
+        scale = bias_scale(x_params, w_params, node_name)
         values = bias.values.astype(np.float64)
         safe = np.where(scale > 0, scale, 1.0)
         q_bias = np.clip(np.rint(values / safe), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)

@@ -192,7 +192,8 @@ def _dequantize_constant(dq_node: gs.Node) -> np.ndarray | None:
         shape = [1] * values.ndim
         shape[axis] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (values.astype(np.float32) - zero.astype(np.float32)) * scale
+    with np.errstate(invalid="ignore", over="ignore"):   # a weight holding Inf/NaN dequantises to NaN, reported so
+        return (values.astype(np.float32) - zero.astype(np.float32)) * scale
 
 
 def _float_weights(node: gs.Node, reference: gs.Node) -> tuple[list[tuple[int, np.ndarray]], str]:

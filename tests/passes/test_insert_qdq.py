@@ -3,6 +3,7 @@ the classifier staying float, and data-movement ops inheriting their input's (sc
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -225,3 +226,21 @@ def test_per_tensor_weight_scale_bounds_the_most_negative_bias():
         graph, weight, None, QuantSpec(dtype=QuantDType.INT8, symmetric=True, granularity=Granularity.TENSOR),
         False, bias, x_params)
     assert np.max(np.abs(bias.values)) / (0.01 * float(w_params.scale)) <= BIAS_INT32_LIMIT * (1 + 1e-6)
+
+
+def test_bias_scale_overflowing_float32_is_a_clear_error():
+    # |x| ~ 1e30 and |W| ~ 1e30: x_scale * w_scale has no float32 value, so no int32 bias exists (the FP32 Gemm
+    # overflows too); a one-line UnsupportedModelError naming the node, not a RuntimeWarning and a NaN model
+    from qcompile.errors import UnsupportedModelError
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((rng.standard_normal((8, 4)) * 1e30).astype(np.float32), "W")
+    bias = numpy_helper.from_array(np.ones(4, np.float32), "B")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": (rng.standard_normal((1, 8)) * 1e30).astype(np.float32)} for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(UnsupportedModelError, match=r"node fc: .* overflows float32"):
+            compile_model(model, calib, CompileConfig(quantize_classifier=True))
