@@ -348,8 +348,12 @@ class InsertQDQPass(CalibratedPass):
                     mean = ctx.range_of(_mean_request(node_input[name], node.op)).min
                     shift = bias_correction_delta(node.op, weight.values, dequantize(w_quantized, w_params), mean,
                                                   int(node.attrs.get("group", 1)), bool(node.attrs.get("transB", 0)))
-                    bias = gs.Constant(f"{bias.name}_corrected_{name}",
-                                       (bias.values.astype(np.float64) - shift).astype(np.float32))
+                    corrected = bias.values.astype(np.float64) - shift
+                    if not np.all(np.abs(corrected) <= np.finfo(np.float32).max):
+                        # |ΔW|·|E[x]| beyond float32 implies |W|·|x| is too: the FP32 node overflows as well
+                        raise UnsupportedModelError(f"node {node.name}: its bias correction overflows float32 "
+                                                    "(the FP32 model overflows there)")
+                    bias = gs.Constant(f"{bias.name}_corrected_{name}", corrected.astype(np.float32))
                     detail["bias_correction_max"] = float(np.max(np.abs(shift))) if shift.size else 0.0
                     stats["bias_corrected"] += 1
                 if getattr(profile, "quantize_bias", True):

@@ -598,6 +598,18 @@ def _scaled_mlp(scale: float) -> onnx.ModelProto:
     return model
 
 
+def _huge_gemm() -> onnx.ModelProto:
+    """x [batch, 8] -> Gemm(W ~ 1e30, b) -> y: with inputs ~ 1e12 its int32 bias scale s_x * s_w exceeds float32."""
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w0", "b0"], ["y"], name="fc0")], "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array((rng.standard_normal((8, 4)) * 1e30).astype(np.float32), "w0"),
+         numpy_helper.from_array(np.ones(4, np.float32), "b0")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _int_input_model() -> onnx.ModelProto:
     """ids int64 [batch, 4] -> Gather(embedding [10, 8]) -> MatMul -> y."""
     rng = np.random.default_rng(3)
@@ -836,6 +848,9 @@ CASES: list[Case] = [
     Case(C, "values overflow inside the FP32 model", "x = 1e30 into weights x 1e10",
          lambda r: _graph_case(r, _scaled_mlp(1e10), [{"x": np.full((1, 8), 1e30, np.float32)}]),
          message="the FP32 model overflows there"),
+    Case(C, "FP32 node overflowing only after quantisation", "x ~ 1e12 into a Gemm with W ~ 1e30 and a bias (--quantize-classifier)",
+         lambda r: _graph_case(r, _huge_gemm(), [{"x": np.full((1, 8), 1e12, np.float32)}], "--quantize-classifier"),
+         message="overflows float32 (the FP32 model overflows there)"),
     Case(C, "pickled object array", "np.savez of an object array",
          lambda r: _cnn_calib(r, {"a.npz": {"input": np.array([{"a": 1}], dtype=object)}}),
          message="cannot be read without pickle"),
