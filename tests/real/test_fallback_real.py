@@ -7,7 +7,6 @@ is the float initializer, its input not a DequantizeLinear), and the report rend
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -16,15 +15,9 @@ import pytest
 from qcompile import compile_model
 from qcompile.config import AccuracyBudget, CompileConfig
 from qcompile.html_report import render_html
+from real_helpers import eval_case
 
 pytestmark = pytest.mark.slow
-
-
-def _case(eval_dir: Path) -> Path:
-    folder = eval_dir / "effnet_lite0"
-    if not (folder / "model.onnx").is_file():
-        pytest.skip(f"{folder} has no model.onnx: the eval folder is incomplete")
-    return folder
 
 
 def _top1(model, images: np.ndarray) -> np.ndarray:
@@ -38,7 +31,7 @@ def _top1(model, images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("budget", [AccuracyBudget(min_cosine=0.99), AccuracyBudget(min_top1_agreement=0.97)],
                          ids=["min_cosine_0.99", "min_top1_0.97"])
 def test_effnet_budget(eval_dir, budget):
-    folder = _case(eval_dir)
+    folder = eval_case(eval_dir, "effnet_lite0")
     result = compile_model(folder / "model.onnx", folder / "calib", CompileConfig(accuracy_budget=budget),
                            eval_data=folder / "eval.npz")
     data = result.report.data

@@ -20,7 +20,7 @@ import pytest
 
 from qcompile import compile_model
 from qcompile.config import Target, config_from_mapping
-from real_helpers import cpu_session
+from real_helpers import cpu_session, eval_case
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def _check_cpu_fusion(result) -> None:
 
 @pytest.mark.parametrize("target", list(Target), ids=lambda t: t.value)
 def test_minilm_target(eval_dir: Path, target: Target):
-    case = eval_dir / "minilm"
+    case = eval_case(eval_dir, "minilm")
     result = _compile(case, target)
     if target is Target.CPU:
         _check_cpu_fusion(result)
@@ -78,7 +78,7 @@ def test_minilm_target(eval_dir: Path, target: Target):
 
 @pytest.mark.parametrize("target", list(Target), ids=lambda t: t.value)
 def test_effnet_target(eval_dir: Path, target: Target):
-    case = eval_dir / "effnet_lite0"
+    case = eval_case(eval_dir, "effnet_lite0")
     result = _compile(case, target)
     if target is Target.CPU:
         _check_cpu_fusion(result)
