@@ -17,7 +17,7 @@ from typing import Protocol, Self, runtime_checkable
 import numpy as np
 
 from qcompile.errors import CalibrationError
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 State = dict[str, "np.ndarray | float | int"]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
 from qcompile.errors import CalibrationError
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

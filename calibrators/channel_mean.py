@@ -10,7 +10,7 @@ import numpy as np
 
 from qcompile.calibrators.base import float_array, no_data_error
 from qcompile.errors import CalibrationError
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 
 class ChannelMeanCalibrator:

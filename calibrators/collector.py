@@ -28,9 +28,9 @@ from qcompile.calibrators.subgraph_outputs import (expose_subgraph_tensors, merg
                                                    subgraph_tensor_names)
 from qcompile.errors import CalibrationDataError, CalibrationError, QCompileError
 from qcompile.pass_infra import StatKind, StatRequest
-from qcompile.graph_weights import total_constant_bytes, weightless_model
+from qcompile.graph.weights import total_constant_bytes, weightless_model
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from qcompile.calibrators.base import State
 from qcompile.calibrators.histogram import DEFAULT_NUM_BINS, HistogramCalibratorBase
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

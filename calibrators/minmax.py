@@ -19,7 +19,7 @@ from typing import Self
 import numpy as np
 
 from qcompile.calibrators.base import State, check_finite, check_same, float_array, no_data_error
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Self
 
 from qcompile.calibrators.base import State
 from qcompile.calibrators.histogram import DEFAULT_NUM_BINS, HistogramCalibratorBase
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
 from qcompile.errors import CalibrationError
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,22 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompile import __version__, distributed
+from qcompile import __version__
+from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig, Granularity
 from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
-from qcompile.passes.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
+from qcompile.passes.prepare.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
                                            upgrade_default_opset)
 from qcompile.emitter import Emission, StatisticsRecorder
-from qcompile.evaluation import Metric
-from qcompile.fallback import analyse_compile, check_budget_arguments
+from qcompile.accuracy.evaluation import Metric
+from qcompile.accuracy.fallback import analyse_compile, check_budget_arguments
 from qcompile.pipeline import build_steps
-from qcompile.validate import check_model_structure, with_unique_node_names
-from qcompile.report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
+from qcompile.io.validate import check_model_structure, with_unique_node_names
+from qcompile.report.compile_report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
 from qcompile.runtime_ext.fusion import check_fusion
 from qcompile.runtime_ext.matmul_nbits import choose_form
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session, ort_error_line

@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from qcompile.config import CompileConfig
 from qcompile.pass_infra import Collector, PassContext, PassRecord, StatRequest, run_steps
 from qcompile.pipeline import build_steps
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

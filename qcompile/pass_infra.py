@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import CalibrationMethod, CompileConfig
 from qcompile.errors import PassError, QCompileError
-from qcompile.qparams import TensorRange
+from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
 

@@ -16,21 +16,21 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig
 from qcompile.pass_infra import GraphPass, PassContext, PassResult, RepeatUntilStable, Step
-from qcompile.passes.convert_float16 import ConvertFloat16Pass
-from qcompile.passes.fold_batchnorm import FoldBatchNormPass
-from qcompile.passes.fold_constants import FoldConstantsPass
-from qcompile.passes.fuse_pad_into_conv import FusePadIntoConvPass
-from qcompile.passes.infer_shapes import InferShapesPass
-from qcompile.passes.keep_float import KeepFloatPass
-from qcompile.passes.matmul_add_to_gemm import MatMulAddToGemmPass
-from qcompile.passes.localize_outer_scope import LocalizeOuterScopeInputsPass
-from qcompile.passes.name_nodes import NameNodesPass
-from qcompile.passes.quantize_subgraphs import QuantizeAllGraphsPass
-from qcompile.passes.quantize_weight_only import WeightOnlyQuantizePass
-from qcompile.passes.weight_only_embedding import WeightOnlyEmbeddingPass
-from qcompile.passes.quantize_gather import QuantizeGatherPass
-from qcompile.passes.smooth_quant import SmoothQuantPass
-from qcompile.passes.split_outlier_channels import SplitOutlierChannelsPass
+from qcompile.passes.lower.convert_float16 import ConvertFloat16Pass
+from qcompile.passes.prepare.fold_batchnorm import FoldBatchNormPass
+from qcompile.passes.prepare.fold_constants import FoldConstantsPass
+from qcompile.passes.prepare.fuse_pad_into_conv import FusePadIntoConvPass
+from qcompile.passes.prepare.infer_shapes import InferShapesPass
+from qcompile.passes.lower.keep_float import KeepFloatPass
+from qcompile.passes.prepare.matmul_add_to_gemm import MatMulAddToGemmPass
+from qcompile.passes.prepare.localize_outer_scope import LocalizeOuterScopeInputsPass
+from qcompile.passes.prepare.name_nodes import NameNodesPass
+from qcompile.passes.quantize.quantize_subgraphs import QuantizeAllGraphsPass
+from qcompile.passes.quantize.quantize_weight_only import WeightOnlyQuantizePass
+from qcompile.passes.quantize.weight_only_embedding import WeightOnlyEmbeddingPass
+from qcompile.passes.quantize.quantize_gather import QuantizeGatherPass
+from qcompile.passes.transform.smooth_quant import SmoothQuantPass
+from qcompile.passes.transform.split_outlier_channels import SplitOutlierChannelsPass
 
 
 class CleanupPass(GraphPass):

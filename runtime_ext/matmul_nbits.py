@@ -3,7 +3,7 @@
     y = x·W,  W ≈ Ŵ (blocked along K)  ->  y = MatMulNBits(x, B, scales[, zero_points][, bias])   (com.microsoft)
                                         ->  y = MatMulBnb4(x, B_nf4, absmax)                      (NF4)
 
-Layouts are those of qcompile.packing. Symmetric codes q ∈ [-2^(b-1), 2^(b-1)) are stored as q + 2^(b-1) with
+Layouts are those of qcompile.numerics.packing. Symmetric codes q ∈ [-2^(b-1), 2^(b-1)) are stored as q + 2^(b-1) with
 no zero-point input (the op's default zero point is 2^(b-1)).
 
 Form choice on the CPU EP, measured with ORT 1.32 on this project's x86 machine (AVX512-VNNI; see
@@ -23,8 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import ScaleDType, Target, WeightOnlyConfig, WeightOnlyForm
-from qcompile.packing import matmul_nbits_weight, matmul_nbits_zero_points, pack_4bit_high_first
-from qcompile.weight_only_algorithms import BlockQuantized
+from qcompile.numerics.packing import matmul_nbits_weight, matmul_nbits_zero_points, pack_4bit_high_first
+from qcompile.numerics.weight_only import BlockQuantized
 
 CONTRIB_DOMAIN = "com.microsoft"
 DEFAULT_CPU_ACCURACY_LEVEL = 4

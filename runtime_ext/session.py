@@ -209,7 +209,7 @@ def make_session(
     optimized_model_path: where ORT writes the graph after optimisation (``optimized_model_filepath``).
     config_entries: extra ``add_session_config_entry`` pairs, e.g. ``{"session.qdqisint8allowed": "1"}``.
     log_severity: ORT's log level for this session (3 = errors only; 2 would print ORT's warnings).
-    initializers: arrays for graph inputs of ``model`` that are weights (see qcompile.graph_weights): ORT gets
+    initializers: arrays for graph inputs of ``model`` that are weights (see qcompile.graph.weights): ORT gets
     them as initializers without the model carrying their bytes.
     custom_op_library: a shared library of ORT custom ops to register (opt-in: it runs the library's code).
     """

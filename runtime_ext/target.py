@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from qcompile.config import CompileConfig, LayerAnalysis, Preset, Target, WeightOnlyForm
 from qcompile.errors import ConfigError
-from qcompile.qparams import QuantDType
+from qcompile.numerics.qparams import QuantDType
 from qcompile.runtime_ext.cpu_features import CpuFeatures, detect_cpu_features
 
 # Ops whose DQ -> op -> Q (same scale and zero point on both sides) ORT's CPU EP turns into the op on integers.

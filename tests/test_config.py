@@ -14,7 +14,7 @@ from qcompile.config import (DEFAULT_OP_TYPES, CalibrationConfig, CalibrationMet
                              ImageLayout, ImageOptions, NodeOverride, QuantSpec, Target, config_from_mapping,
                              from_toml)
 from qcompile.errors import ConfigError
-from qcompile.qparams import QuantDType
+from qcompile.numerics.qparams import QuantDType
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -32,7 +32,7 @@ from qcompile.cli import main
 from qcompile.config import (CalibrationConfig, CalibrationMethod, CompileConfig, WorkersConfig,
                              config_from_mapping)
 from qcompile.data import InputSpec, open_calibration_shard, open_calibration_source, plan_shards
-from qcompile.distributed import (RAY_MISSING, RayCluster, collect_distributed, collect_shard, connect,
+from qcompile.calibrators.distributed import (RAY_MISSING, RayCluster, collect_distributed, collect_shard, connect,
                                   merge_states, pack_states, unpack_states)
 from qcompile.errors import CalibrationDataError, CalibrationError, ConfigError
 from qcompile.pass_infra import StatKind, StatRequest

@@ -18,7 +18,7 @@ from qcompile import compile_model
 from qcompile.cli import main
 from qcompile.config import AccuracyBudget, CompileConfig
 from qcompile.errors import ReportError
-from qcompile.html_report import render_html
+from qcompile.report.html import render_html
 from tests._analysis_models import SENSITIVE_NODE, outlier_cnn, outlier_samples
 
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "main", "h1", "h2", "p", "div", "span", "i", "b",

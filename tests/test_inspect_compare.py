@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from models.generate import read_calibration
 from qcompile import compile_model
 from qcompile.cli import main
-from qcompile.compare_models import compare_models
+from qcompile.tools.compare_models import compare_models
 from qcompile.config import AnalysisConfig, CompileConfig, LayerAnalysis
 from qcompile.errors import SelectionError
-from qcompile.inspect_model import inspect_model
+from qcompile.tools.inspect_model import inspect_model
 
 QUICK = CompileConfig(analysis=AnalysisConfig(layers=LayerAnalysis.NONE), fidelity_samples=0)
 

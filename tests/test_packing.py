@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompile.packing import (matmul_nbits_weight, matmul_nbits_zero_points, nf4_code_book, nf4_quantize, num_blocks,
+from qcompile.numerics.packing import (matmul_nbits_weight, matmul_nbits_zero_points, nf4_code_book, nf4_quantize, num_blocks,
                               pack_4bit, pack_4bit_high_first, unpack_4bit, unpack_4bit_high_first,
                               unpack_matmul_nbits_weight)
 

@@ -1,4 +1,4 @@
-"""Tests for qcompile.qparams: scale/zero-point math (hypothesis), bit-exactness against ONNX Runtime's
+"""Tests for qcompile.numerics.qparams: scale/zero-point math (hypothesis), bit-exactness against ONNX Runtime's
 QuantizeLinear/DequantizeLinear, the int32-bias guard and SQNR."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompile.qparams import (BIAS_INT32_LIMIT, QParams, QuantDType, TensorRange, bias_safe_weight_scale,
+from qcompile.numerics.qparams import (BIAS_INT32_LIMIT, QParams, QuantDType, TensorRange, bias_safe_weight_scale,
                               compute_qparams, dequantize, quantize, sqnr_db, weight_range)
 
 EIGHT_BIT = [QuantDType.INT8, QuantDType.UINT8]

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from qcompile.report import FidelityAccumulator
+from qcompile.report.compile_report import FidelityAccumulator
 
 
 def test_metrics_equal_numpy() -> None:

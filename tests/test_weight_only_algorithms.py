@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.weight_only_algorithms import (BlockSpec, awq, awq_channel_scales, block_params, gptq, output_error,
+from qcompile.numerics.weight_only import (BlockSpec, awq, awq_channel_scales, block_params, gptq, output_error,
                                              relative_output_error, rtn)
 
 

@@ -1,4 +1,4 @@
-"""MseCalibrator: its threshold against brute-force quantisation MSE computed with qcompile.qparams."""
+"""MseCalibrator: its threshold against brute-force quantisation MSE computed with qcompile.numerics.qparams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from qcompile.calibrators.mse import MseCalibrator
 from qcompile.errors import CalibrationError
-from qcompile.qparams import QuantDType, compute_qparams, dequantize, quantize
+from qcompile.numerics.qparams import QuantDType, compute_qparams, dequantize, quantize
 
 
 def _actual_mse(x: np.ndarray, lo: float, hi: float, dtype: QuantDType, symmetric: bool) -> float:

@@ -19,7 +19,7 @@ from qcompile import compile_model
 from qcompile.cli import main
 from qcompile.config import CompileConfig, config_from_mapping
 from qcompile.errors import ConfigError
-from qcompile.packing import unpack_4bit
+from qcompile.numerics.packing import unpack_4bit
 
 VOCAB, D, FF, SEQ = 512, 64, 160, 5
 

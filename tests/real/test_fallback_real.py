@@ -14,7 +14,7 @@ import pytest
 
 from qcompile import compile_model
 from qcompile.config import AccuracyBudget, CompileConfig
-from qcompile.html_report import render_html
+from qcompile.report.html import render_html
 from real_helpers import eval_case
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from qcompile.config import Target, WeightOnlyConfig, WeightOnlyForm
 from qcompile.runtime_ext.matmul_nbits import choose_form, form_for_node, matmul_nbits_nodes
-from qcompile.weight_only_algorithms import BlockSpec, rtn
+from qcompile.numerics.weight_only import BlockSpec, rtn
 
 
 def test_choose_form():

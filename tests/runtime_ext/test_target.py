@@ -18,7 +18,7 @@ from qcompile import compile_model
 from qcompile.config import (AccuracyBudget, CalibrationProvider, CompileConfig, LayerAnalysis, Preset, Target,
                              WeightOnlyForm, config_from_mapping)
 from qcompile.errors import ConfigError
-from qcompile.qparams import QuantDType
+from qcompile.numerics.qparams import QuantDType
 from qcompile.runtime_ext.cpu_features import CpuFeatures
 from qcompile.runtime_ext.target import (apply_target_defaults, cpu_profile, cuda_profile, resolve_profile,
                                          tensorrt_profile)
