@@ -20,7 +20,7 @@ from qcompile import __version__
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig, Granularity
-from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
+from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
 from qcompile.pass_infra import NodeStatus, PassContext, run_steps
@@ -85,11 +85,6 @@ def default_report_path(output_path: Path) -> Path:
     name = output_path.name
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
     return output_path.with_name(f"{stem}.report.json")
-
-
-def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [InputSpec.from_value_info(v) for v in model.graph.input if v.name not in initializers]
 
 
 def _progress(total: int | None, desc: str, enabled: bool, unit: str):

@@ -24,11 +24,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import onnx
 
 from qcompile.config import AccuracyBudget, CompileConfig, LayerAnalysis
-from qcompile.data import CalibrationSource
+from qcompile.data import CalibrationSource, EvalData, load_eval_data, model_input_specs
 from qcompile.emitter import Emission, Emitter, Exporter, StatisticsRecorder
 from qcompile.errors import AccuracyBudgetError, ConfigError, QCompileError, UnsupportedModelError
-from qcompile.accuracy.evaluation import (EvalData, Fidelity, Metric, Outputs, compare_outputs, load_eval_data,
-                                 measure_latency, run_outputs)
+from qcompile.accuracy.evaluation import (Fidelity, Metric, Outputs, compare_outputs, measure_latency,
+                                          run_outputs)
 from qcompile.io import model_size_bytes
 from qcompile.pass_infra import Collector, NodeDecision, NodeStatus, PassRecord
 from qcompile.accuracy.sensitivity import SwitchableModel, ranking
@@ -101,7 +101,6 @@ def analyse_compile(*, reference: onnx.ModelProto, working: onnx.ModelProto, bas
     evaluation = None
     if budget is not None:
         if eval_data is not None:
-            from qcompile.api import model_input_specs
             evaluation = load_eval_data(eval_data, model_input_specs(reference), budget.eval_samples)
         else:
             items = tuple(itertools.islice(calibration, budget.eval_samples))

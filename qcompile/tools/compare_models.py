@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qcompile.api import model_input_specs
 from qcompile.errors import UnsupportedModelError
-from qcompile.accuracy.evaluation import compare_outputs, load_eval_data, measure_latency, run_outputs
+from qcompile.accuracy.evaluation import compare_outputs, measure_latency, run_outputs
+from qcompile.data import load_eval_data, model_input_specs
 from qcompile.io import load_model
 
 
