@@ -240,9 +240,9 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
-        _warn(ctx, "no node was quantised: " + (f"{len(skipped)} compute node(s) skipped, see nodes[].reason"
-                                                 if skipped else
-                                                 "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
+        _warn(ctx, "no node was quantised: " + (
+            f"{len(skipped)} compute node(s) skipped, see nodes[].reason" if skipped
+            else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
     fusion = check_fusion(emission.model, quantized_names) \
         if quantized_names and profile.cpu_fusion_check and config.custom_op_library is None else None

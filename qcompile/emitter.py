@@ -12,7 +12,7 @@ future transform does depend on F, the graphs differ, the fingerprints differ, a
 gathered as usual — never a stale one.
 
 The recorder also keeps the graph the last collection ran on (the graph right before quantisation, with the
-tensor names the quantised graph keeps): the FP32 reference for per-layer analysis (qcompile/sensitivity.py).
+tensor names the quantised graph keeps): the FP32 reference for per-layer analysis (qcompile/accuracy/sensitivity.py).
 Graphs whose constants pass 2 GB are neither copied nor fingerprinted (memory; ORT cannot take them from
 memory anyway): no reuse and no reference for them.
 """

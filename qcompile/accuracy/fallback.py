@@ -90,33 +90,11 @@ def analyse_and_fall_back(emitter: Emitter, baseline: Emission, reference: onnx.
     quantized = [n for n, d in baseline.ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if mode is LayerAnalysis.NONE and budget is None:
         return Outcome(baseline, baseline.records, None, None)
-    layers: dict[str, Any] | None = None
-    switchable = None
     warnings: list[str] = []
     records = list(baseline.records)
     samples = config.analysis.samples
-    if quantized and reference_graph is None:
-        if budget is not None:
-            raise UnsupportedModelError("an accuracy budget needs the model under 2 GB (its per-layer analysis "
-                                        "runs from memory)")
-        if mode is not LayerAnalysis.NONE:
-            warnings.append("per-layer analysis skipped: the model is over 2 GB")
-    if mode is not LayerAnalysis.NONE and quantized and reference_graph is not None:
-        start = time.perf_counter()
-        try:
-            switchable = SwitchableModel(reference_graph, baseline.model, quantized, fusable)
-            layers = analyse_layers(switchable, itertools.islice(calibration, samples),
-                                    mode is LayerAnalysis.SENSITIVITY)
-        except QCompileError as exc:
-            if budget is not None:
-                raise
-            warnings.append(f"per-layer analysis skipped: {exc}")
-            logger.warning("per-layer analysis skipped: %s", exc)
-        if layers is not None:
-            layers.update(mode=mode.value, source=f"first {layers['items']} calibration item(s)",
-                          method="Q/DQ simulation in float (ORT, no graph optimisation)")
-            records.append(PassRecord("analyse", "LayerAnalysis", time.perf_counter() - start, False,
-                                      {"nodes": len(layers["nodes"]), "items": layers["items"]}))
+    switchable, layers = _layer_analysis(baseline, quantized, reference_graph, calibration, samples, mode, fusable,
+                                         records, warnings)
     if budget is None:
         return Outcome(baseline, tuple(records), layers, None, tuple(warnings))
 
@@ -135,6 +113,39 @@ def analyse_and_fall_back(emitter: Emitter, baseline: Emission, reference: onnx.
     if not eval_data.held_out:
         warnings.append(NOT_HELD_OUT_WARNING)
     return Outcome(final, tuple(records), layers, fallback, tuple(warnings))
+
+
+def _layer_analysis(baseline: Emission, quantized: list[str], reference_graph: onnx.ModelProto | None,
+                    calibration: Iterable, samples: int, mode: LayerAnalysis, fusable: frozenset[str],
+                    records: list[PassRecord], warnings: list[str]) -> tuple[SwitchableModel | None, dict[str, Any] | None]:
+    """The switchable model and the report's "layers" section, or (None, None) with a warning saying why;
+    with a budget, what prevents the analysis is an error (the fallback needs its ranking)."""
+    budget = baseline.config.accuracy_budget
+    if quantized and reference_graph is None:
+        if budget is not None:
+            raise UnsupportedModelError("an accuracy budget needs the model under 2 GB (its per-layer analysis "
+                                        "runs from memory)")
+        if mode is not LayerAnalysis.NONE:
+            warnings.append("per-layer analysis skipped: the model is over 2 GB")
+    if mode is LayerAnalysis.NONE or not quantized or reference_graph is None:
+        return None, None
+    start = time.perf_counter()
+    switchable, layers = None, None
+    try:
+        switchable = SwitchableModel(reference_graph, baseline.model, quantized, fusable)
+        layers = analyse_layers(switchable, itertools.islice(calibration, samples),
+                                mode is LayerAnalysis.SENSITIVITY)
+    except QCompileError as exc:
+        if budget is not None:
+            raise
+        warnings.append(f"per-layer analysis skipped: {exc}")
+        logger.warning("per-layer analysis skipped: %s", exc)
+    if layers is not None:
+        layers.update(mode=mode.value, source=f"first {layers['items']} calibration item(s)",
+                      method="Q/DQ simulation in float (ORT, no graph optimisation)")
+        records.append(PassRecord("analyse", "LayerAnalysis", time.perf_counter() - start, False,
+                                  {"nodes": len(layers["nodes"]), "items": layers["items"]}))
+    return switchable, layers
 
 
 class _Search:

@@ -157,8 +157,10 @@ def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelPro
     acc = FidelityAccumulator()
     count = 0
     for feed in source:
-        ref_out = _run(ref_session, names, feed, CalibrationDataError, f"the FP32 model fails on calibration item {count}")
-        q_out = _run(q_session, names, feed, UnsupportedModelError, f"the quantised model fails on calibration item {count}")
+        ref_out = _run(ref_session, names, feed, CalibrationDataError,
+                       f"the FP32 model fails on calibration item {count}")
+        q_out = _run(q_session, names, feed, UnsupportedModelError,
+                     f"the quantised model fails on calibration item {count}")
         for name, r, q in zip(names, ref_out, q_out):
             acc.add(name, np.asarray(r), np.asarray(q))
         count += 1
