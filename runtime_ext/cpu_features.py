@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import platform
-from dataclasses import dataclass
 from pathlib import Path
+
+from qcompile.config import CpuFeatures
 
 __all__ = ["CpuFeatures", "detect_cpu_features", "normalize_machine"]
 
@@ -41,17 +42,6 @@ _MACHINE_ALIASES = {
 
 _X86_VNNI = frozenset({"avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni"})
 _ARM_DOT = frozenset({"asimddp", "dotprod"})
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """The host CPU as far as integer GEMM kernels care."""
-
-    arch: str  # 'x86_64' | 'aarch64' | 'x86' | whatever platform.machine() said, lower-cased
-    avx2: bool = False
-    avx512: bool = False  # AVX512F
-    vnni: bool = False  # AVX512-VNNI or AVX-VNNI
-    arm_dot: bool = False  # ARMv8.2 dot product (asimddp / dotprod)
 
 
 def normalize_machine(machine: str) -> str:
