@@ -1,4 +1,5 @@
-"""What the host CPU can do for integer kernels, read from ``/proc/cpuinfo``.
+"""What the host CPU can do for integer kernels (a ``CpuFeatures``, typed in qcompile/config/target.py), read from
+``/proc/cpuinfo``.
 
 The CPU target profile needs a handful of facts to choose the quantized format:
 

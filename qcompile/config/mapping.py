@@ -75,7 +75,8 @@ def dataclass_from_mapping(cls: type, data: Any, where: str, base: Any = None) -
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
-        inner = getattr(base, name) if base is not None else _FRESH_BASES.get((cls, name), lambda: None)()
+        fresh = _FRESH_BASES.get((cls, name))
+        inner = getattr(base, name) if base is not None else fresh() if fresh is not None else None
         hook, none_word = _FIELD_HOOKS.get((cls, name)), _NONE_WORDS.get((cls, name))
         if none_word is not None and value == none_word:
             kwargs[name] = None
@@ -141,10 +142,13 @@ def _read_tuple(item: Any, value: Any, key: str) -> tuple:
         return tuple(dataclass_from_mapping(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if item is str and isinstance(value, str):
         value = [value]
+    noun = {str: "strings", int: "integers", float: "numbers"}.get(item, "values")
     if not isinstance(value, (list, tuple)):
-        noun = {str: "strings", int: "integers", float: "numbers"}.get(item, "values")
-        raise ConfigError(f"{key} must be an array of {noun}, e.g. {key.rsplit('.', 1)[-1]} = [...]")
-    return tuple(_read(item, v, key, None) for v in value)
+        raise ConfigError(f"{key} must be an array of {noun}, got {value!r}")
+    try:
+        return tuple(_read(item, v, key, None) for v in value)
+    except ConfigError:
+        raise ConfigError(f"{key} must be an array of {noun}, got {value!r}") from None
 
 
 def _enum(cls: type[enum.Enum], value: Any, key: str) -> enum.Enum:
