@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompile.config import CompileConfig
+from qcompile.config import CompileConfig, TargetProfile
 from qcompile.pass_infra import Collector, PassContext, PassRecord, StatRequest, run_steps
 from qcompile.pipeline import build_steps
 from qcompile.numerics.qparams import TensorRange
@@ -118,7 +118,7 @@ class Emitter:
 
     working: onnx.ModelProto
     config: CompileConfig
-    profile: object
+    profile: TargetProfile
     collect: Collector
     export: Exporter
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
-from qcompile.config import CalibrationMethod, CompileConfig
+from qcompile.config import CalibrationMethod, CompileConfig, TargetProfile
 from qcompile.errors import PassError, QCompileError
 from qcompile.numerics.qparams import TensorRange
 
@@ -71,7 +71,7 @@ class PassContext:
     """What passes share: the configuration, the target profile, statistics and what they decided."""
 
     config: CompileConfig
-    target: object                                  # runtime_ext.target.TargetProfile (kept opaque here)
+    target: TargetProfile                           # built by runtime_ext/target.py
     statistics: dict[StatRequest, TensorRange] = field(default_factory=dict)
     decisions: dict[str, NodeDecision] = field(default_factory=dict)
     tensor_ranges: dict[str, dict] = field(default_factory=dict)   # quantised tensor -> range/scale for report

@@ -1,4 +1,5 @@
-"""What the host CPU can do for integer kernels, read from ``/proc/cpuinfo``.
+"""What the host CPU can do for integer kernels (a ``CpuFeatures``, typed in qcompile/config/target.py), read from
+``/proc/cpuinfo``.
 
 The CPU target profile needs a handful of facts to choose the quantized format:
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import platform
-from dataclasses import dataclass
 from pathlib import Path
+
+from qcompile.config import CpuFeatures
 
 __all__ = ["CpuFeatures", "detect_cpu_features", "normalize_machine"]
 
@@ -41,17 +43,6 @@ _MACHINE_ALIASES = {
 
 _X86_VNNI = frozenset({"avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni"})
 _ARM_DOT = frozenset({"asimddp", "dotprod"})
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """The host CPU as far as integer GEMM kernels care."""
-
-    arch: str  # 'x86_64' | 'aarch64' | 'x86' | whatever platform.machine() said, lower-cased
-    avx2: bool = False
-    avx512: bool = False  # AVX512F
-    vnni: bool = False  # AVX512-VNNI or AVX-VNNI
-    arm_dot: bool = False  # ARMv8.2 dot product (asimddp / dotprod)
 
 
 def normalize_machine(machine: str) -> str:

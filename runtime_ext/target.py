@@ -1,4 +1,4 @@
-"""Target profiles: which quantised formats ONNX Runtime runs fast on a given execution provider and CPU.
+"""Target profiles (qcompile.config.TargetProfile instances): which quantised formats ONNX Runtime runs fast on a given execution provider and CPU.
 
 A profile is data, not code paths: the Q/DQ pass asks it which integer types to emit, whether weights lose a
 bit (reduce_range), which compute ops must have their output re-quantised for ORT to fuse them into an integer
@@ -30,12 +30,13 @@ quantised Conv's output gets Q/DQ on its other input too, so TensorRT can fuse t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
-from qcompile.config import CompileConfig, LayerAnalysis, Preset, Target, WeightOnlyForm
+from qcompile.config import (CompileConfig, CpuFeatures, LayerAnalysis, Preset, Target, TargetProfile,
+                             WeightOnlyForm)
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
-from qcompile.runtime_ext.cpu_features import CpuFeatures, detect_cpu_features
+from qcompile.runtime_ext.cpu_features import detect_cpu_features
+from qcompile.selection import COMPUTE_OPS
 
 # Ops whose DQ -> op -> Q (same scale and zero point on both sides) ORT's CPU EP turns into the op on integers.
 CPU_QDQ_TRANSPARENT_OPS = frozenset({
@@ -45,51 +46,9 @@ CPU_QDQ_TRANSPARENT_OPS = frozenset({
 # Activation functions between a compute op and its output Q that ORT folds into the Q (ReluQuantFusion,
 # ClipQuantFusion) when the Q's integer range lies within the function's range.
 CPU_FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 # Ops the float16 conversion leaves in float32 (Cast around them): ORT's CUDA EP registers Range and
 # NonMaxSuppression for float32 only, RoiAlign without float16; CumSum sums long axes (precision).
 CUDA_FLOAT32_OPS = frozenset({"Range", "NonMaxSuppression", "RoiAlign", "CumSum"})
-
-
-@dataclass(frozen=True)
-class TargetProfile:
-    target: Target
-    activation_dtype: QuantDType
-    weight_dtype: QuantDType
-    reduce_range: bool
-    requantize_output_ops: frozenset[str]    # need Q on the output to become integer kernels
-    float_output_ops: frozenset[str]         # fuse with a float output (MatMulIntegerToFloat, QGemm float out)
-    transparent_ops: frozenset[str]
-    fusable_activations: frozenset[str]
-    per_channel_ops: frozenset[str]           # ops whose integer kernel accepts per-channel weight scales
-    cpu: CpuFeatures | None = None
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)   # the ORT execution providers the model is for
-    activation_symmetric: bool = False        # zero point 0 on every activation (TensorRT)
-    quantize_bias: bool = True                # int32 bias DQ (ORT CPU QLinearConv/QGemm); False: float bias
-    requantize_matmul_before_add: bool = True  # ORT CPU: a Q between MatMul and Add stops MatMulAddFusion
-    residual_add_producers: frozenset[str] = frozenset()   # Add(op(x), r) -> Q/DQ on r too (TensorRT)
-    static_int8: bool = True                  # static INT8 (w8a8) runs fast on this target
-    default_weight_only: Preset | None = None  # what the default preset becomes when static_int8 is False
-    weight_only_form: WeightOnlyForm = WeightOnlyForm.AUTO
-    float16: bool = False                     # the float remainder is emitted as float16 (I/O stays float32)
-    float32_ops: frozenset[str] = frozenset()  # ops the float16 conversion leaves in float32
-    cpu_fusion_check: bool = True             # ORT CPU EP's fusions say what this target runs (not TensorRT)
-
-    def describe(self) -> dict:
-        return {
-            "target": self.target.value,
-            "providers": list(self.providers),
-            "activation_dtype": self.activation_dtype.value,
-            "activation_symmetric": self.activation_symmetric,
-            "weight_dtype": self.weight_dtype.value,
-            "reduce_range": self.reduce_range,
-            "static_int8": self.static_int8,
-            "float16_remainder": self.float16,
-            "cpu_fusion_check": self.cpu_fusion_check,
-            "cpu": None if self.cpu is None else {
-                "arch": self.cpu.arch, "avx2": self.cpu.avx2, "avx512": self.cpu.avx512, "vnni": self.cpu.vnni,
-                "arm_dot": self.cpu.arm_dot},
-        }
 
 
 def cpu_profile(features: CpuFeatures) -> TargetProfile:
@@ -142,7 +101,7 @@ def tensorrt_profile() -> TargetProfile:
         float_output_ops=COMPUTE_OPS,
         transparent_ops=frozenset(),
         fusable_activations=frozenset(),
-        per_channel_ops=frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"}),
+        per_channel_ops=COMPUTE_OPS,
         providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
         activation_symmetric=True,
         quantize_bias=False,

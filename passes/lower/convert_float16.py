@@ -74,7 +74,7 @@ class ConvertFloat16Pass(GraphPass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         profile = ctx.target
-        if not getattr(profile, "float16", False):
+        if not profile.float16:
             return PassResult(modified=False, stats={"skipped_target_keeps_float32": 1})
         if _has_subgraphs(graph):
             message = "float16 conversion skipped: the graph has If/Loop/Scan bodies; the model stays float32"
@@ -82,7 +82,7 @@ class ConvertFloat16Pass(GraphPass):
             ctx.warnings.append(message)
             return PassResult(modified=False, stats={"skipped_control_flow": 1})
         stats: Counter[str] = Counter()
-        keep32 = frozenset(getattr(profile, "float32_ops", frozenset()))
+        keep32 = profile.float32_ops
         kept_nodes = [n for n in graph.nodes if n.op in keep32]
         graph_io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
 

@@ -134,7 +134,7 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
     act_matmuls: dict[str, gs.Node] = {}
 
     def add_point(tensor: gs.Variable, spec: QuantSpec, consumer: str | None, integer_producer: bool) -> None:
-        if getattr(profile, "activation_symmetric", False) and not spec.symmetric:
+        if profile.activation_symmetric and not spec.symmetric:
             spec = dataclasses.replace(spec, symmetric=True)   # zero point 0 (TensorRT)
         point = points.setdefault(tensor.name, QuantPoint(tensor, spec))
         point.integer_producer |= integer_producer
@@ -163,7 +163,7 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
     for name, (node, selection, _) in nodes.items():
         add_point(node.inputs[0], selection.activation, name, integer_producer=False)
     _add_residual_points(graph, nodes, profile, add_point)
-    guard_matmul_add = getattr(profile, "requantize_matmul_before_add", True)
+    guard_matmul_add = profile.requantize_matmul_before_add
     for name, (node, selection, _) in nodes.items():
         if node.op in profile.requantize_output_ops or (guard_matmul_add and _becomes_float_gemm(node, graph_outputs)):
             end = _producer_chain_end(node, profile.fusable_activations, graph_outputs)
@@ -189,7 +189,7 @@ def _is_activation_matmul(node: gs.Node) -> bool:
 def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> None:
     """Add(op(x), r) with op a quantised node of a type in ``profile.residual_add_producers``: Q/DQ on r too,
     so the runtime (TensorRT) can fuse the Add into op's integer kernel (NVIDIA's Q/DQ placement guidance)."""
-    producers = getattr(profile, "residual_add_producers", frozenset())
+    producers = profile.residual_add_producers
     if not producers:
         return
     for add in graph.nodes:
@@ -356,7 +356,7 @@ class InsertQDQPass(CalibratedPass):
                     bias = gs.Constant(f"{bias.name}_corrected_{name}", corrected.astype(np.float32))
                     detail["bias_correction_max"] = float(np.max(np.abs(shift))) if shift.size else 0.0
                     stats["bias_corrected"] += 1
-                if getattr(profile, "quantize_bias", True):
+                if profile.quantize_bias:
                     node.inputs[b_index] = self._insert_bias_dq(graph, bias, x_params, w_params, node.name)
                     detail["bias"] = "int32"
                 else:   # the runtime quantises the bias itself (TensorRT)

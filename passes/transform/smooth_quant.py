@@ -150,7 +150,7 @@ def _fake_quant(ctx: PassContext) -> FakeQuant:
     """The global formats (per-node overrides are not modelled by the search)."""
     act: QuantSpec = ctx.config.activation
     weight: QuantSpec = ctx.config.weight
-    symmetric = act.symmetric or bool(getattr(ctx.target, "activation_symmetric", False))
+    symmetric = act.symmetric or ctx.target.activation_symmetric
     return FakeQuant(act.dtype or ctx.target.activation_dtype, symmetric, weight.dtype, weight.symmetric,
                      weight.granularity is Granularity.CHANNEL, bool(ctx.target.reduce_range))
 

@@ -15,11 +15,10 @@ import onnxruntime as ort
 import pytest
 
 from qcompile import compile_model
-from qcompile.config import (AccuracyBudget, CalibrationProvider, CompileConfig, LayerAnalysis, Preset, Target,
-                             WeightOnlyForm, config_from_mapping)
+from qcompile.config import (AccuracyBudget, CalibrationProvider, CompileConfig, CpuFeatures, LayerAnalysis, Preset,
+                             Target, WeightOnlyForm, config_from_mapping)
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
-from qcompile.runtime_ext.cpu_features import CpuFeatures
 from qcompile.runtime_ext.target import (apply_target_defaults, cpu_profile, cuda_profile, resolve_profile,
                                          tensorrt_profile)
 
