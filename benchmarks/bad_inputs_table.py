@@ -1,6 +1,9 @@
 """Run every bad-input case of tests/test_bad_inputs.py through the real CLI and print the markdown table.
 
-    python benchmarks/bad_inputs_table.py [--out table.md]
+    python benchmarks/bad_inputs_table.py [--docs] [--out table.md]
+
+The table's home is docs/bad-inputs.md: ``--docs`` rewrites that file from the table's header row to its end
+(the text above the table is kept), so the published table is exactly what this script printed.
 
 The table (group | class | input | exit code | message) is generated from the case list: each row is what
 qcompile actually printed and returned on this machine (for exit 0: the "wrote ..." line and the first
@@ -19,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DOCS_TABLE = REPO / "docs" / "bad-inputs.md"
+TABLE_HEADER = "| group | class | input | exit code | message |"
 logger = logging.getLogger("bad_inputs_table")
 
 
@@ -36,7 +41,7 @@ def _cell(text: str) -> str:
 
 def build_table() -> tuple[str, int]:
     cases = _load_cases()
-    rows = ["| group | class | input | exit code | message |", "|---|---|---|---|---|"]
+    rows = [TABLE_HEADER, "|---|---|---|---|---|"]
     failures: list[str] = []
     for index, case in enumerate(cases.CASES, 1):
         with tempfile.TemporaryDirectory(prefix="qcompile-bad-") as tmp:
@@ -61,13 +66,25 @@ def build_table() -> tuple[str, int]:
     return "\n".join(rows) + "\n" + summary + "".join(f"{line}\n" for line in failures), len(failures)
 
 
+def write_docs_table(table: str, path: Path = DOCS_TABLE) -> None:
+    """Replace the table (header row to end of file) in ``path``, keeping the prose above it."""
+    text = path.read_text(encoding="utf-8")
+    start = text.find(TABLE_HEADER)
+    if start < 0:
+        raise SystemExit(f"{path}: no line {TABLE_HEADER!r} to replace")
+    path.write_text(text[:start] + table, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", action="store_true", help=f"also rewrite the table in {DOCS_TABLE.relative_to(REPO)}")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     table, failures = build_table()
     sys.stdout.write(table)
+    if args.docs:
+        write_docs_table(table)
     if args.out:
         args.out.write_text(table, encoding="utf-8")
     return 1 if failures else 0

@@ -8,7 +8,7 @@ CliRunner, or as a subprocess where a signal or an injected I/O fault matters â€
 - defined-behaviour cases (exit 0): the only new files are the output model and its report, the model passes
   onnx.checker and loads in ONNX Runtime, plus a case-specific check.
 
-``benchmarks/bad_inputs_table.py`` runs the same ``CASES`` and prints the markdown table (README "Bad input").
+``benchmarks/bad_inputs_table.py`` runs the same ``CASES`` and prints the markdown table (docs/bad-inputs.md).
 """
 
 from __future__ import annotations
