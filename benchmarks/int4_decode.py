@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from qcompile import compile_model
 from qcompile.config import config_from_mapping
-from qcompile.accuracy.evaluation import interleaved_latency
+from qcompile.accuracy.latency import interleaved_latency
 from qcompile.io import save_model
 
 logger = logging.getLogger("int4_decode")

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from qcompile import compile_model
 from qcompile.config import Target, config_from_mapping
-from qcompile.accuracy.evaluation import interleaved_latency
+from qcompile.accuracy.latency import interleaved_latency
 from qcompile.io import model_size_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "real"))

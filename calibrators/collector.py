@@ -24,8 +24,8 @@ from qcompile.calibrators.channel_mean import ChannelMeanCalibrator
 from qcompile.calibrators.hessian import HessianCalibrator
 from qcompile.calibrators.factory import make_calibrator
 from qcompile.calibrators.row_sample import RowSampleCalibrator
-from qcompile.calibrators.subgraph_outputs import (expose_subgraph_tensors, merge_stacked_axes,
-                                                   subgraph_tensor_names)
+from qcompile.calibrators.subgraph_outputs import (conditional_in_stacking_names, expose_subgraph_tensors,
+                                                   merge_stacked_axes, subgraph_tensor_names)
 from qcompile.errors import CalibrationDataError, CalibrationError, QCompileError
 from qcompile.pass_infra import StatKind, StatRequest
 from qcompile.graph.weights import total_constant_bytes, weightless_model
@@ -121,7 +121,8 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
     for request in requests:
         by_tensor[request.tensor].append(request)
     input_names = {t.name for t in graph.inputs}
-    computed = [name for name in by_tensor if name not in input_names]
+    unstackable = conditional_in_stacking_names(graph)  # no statistics: the bodies holding them stay float
+    computed = [name for name in by_tensor if name not in input_names and name not in unstackable]
     calibrators = empty_calibrators(requests)
 
     groups, sizing_session = _plan_groups(graph, computed, source, memory_budget_bytes, providers, threads,

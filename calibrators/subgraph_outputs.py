@@ -10,7 +10,13 @@ ORT returns only main-graph outputs, so a body tensor t is threaded out through 
 
 Nesting composes: a tensor k Loop/Scan levels deep comes out with k leading stacking axes, which the collector
 merges into the first data axis ([T1·...·Tk·d0, d1, ...]) so per-tensor and per-channel statistics (whose
-channel axis is >= 1 or negative) are those of the tensor over every execution.
+channel axis is >= 1 or negative) are those of the tensor over every execution. Every threaded variable
+carries the shape [T1, ..., Tk, *shape(t)] (ORT's Scan needs the shape of each body output).
+
+One composition is impossible: a tensor of an If branch inside a Loop/Scan body (at any depth). The branch
+taken may change between iterations, so one iteration yields shape(t) and the next the empty (0,)·rank, and a
+Loop/Scan output must keep one shape over its iterations. Such tensors (``conditional_in_stacking_names``) are
+not exposed; the bodies that hold them stay float.
 """
 
 from __future__ import annotations
@@ -50,19 +56,38 @@ def subgraph_tensor_names(graph: gs.Graph) -> set[str]:
     return names
 
 
+def conditional_in_stacking_names(graph: gs.Graph) -> set[str]:
+    """Names of tensors produced in an If branch that lies, at any depth, inside a Loop or Scan body."""
+    names: set[str] = set()
+
+    def walk(current: gs.Graph, under_stacking: bool) -> None:
+        for node in current.nodes:
+            for body in (value for value in node.attrs.values() if isinstance(value, gs.Graph)):
+                if node.op == "If" and under_stacking:
+                    names.update(own_tensors(body))
+                    names.update(subgraph_tensor_names(body))
+                else:
+                    walk(body, under_stacking or node.op in _STACKING_OPS)
+
+    walk(graph, False)
+    return names
+
+
 def merge_stacked_axes(array: np.ndarray, stacked_axes: int) -> np.ndarray:
     """[T1, ..., Tk, d0, d1, ...] -> [T1·...·Tk·d0, d1, ...] (a stacked scalar becomes a vector)."""
     if stacked_axes == 0:
         return array
     if array.ndim <= stacked_axes:
         return array.reshape(-1)
-    return array.reshape((-1,) + array.shape[stacked_axes + 1:])
+    merged = int(np.prod(array.shape[:stacked_axes + 1]))   # explicit: -1 is ambiguous for empty arrays
+    return array.reshape((merged,) + array.shape[stacked_axes + 1:])
 
 
 def expose_subgraph_tensors(graph: gs.Graph, names: Iterable[str]) -> dict[str, ExposedTensor]:
     """Rewrite ``graph`` (a copy: this mutates it) so each named body tensor reaches a main-graph output.
 
-    Names not found in any subgraph are left out of the result; the caller decides what that means.
+    Names not found in any subgraph are left out of the result; the caller decides what that means. The
+    caller leaves out ``conditional_in_stacking_names(graph)`` (see module docstring).
     """
     found = _expose(graph, set(names))
     exposed = {}
@@ -102,10 +127,16 @@ def _expose(graph: gs.Graph, wanted: set[str]) -> dict[str, tuple[gs.Variable, i
                     for attr in ("scan_output_axes", "scan_output_directions"):
                         if attr in node.attrs:
                             node.attrs[attr] = list(node.attrs[attr]) + [0]
-                outer = gs.Variable(f"{inner_variable.name}{EXPOSED_SUFFIX}", dtype=inner_variable.dtype)
+                outer = gs.Variable(f"{inner_variable.name}{EXPOSED_SUFFIX}", dtype=inner_variable.dtype,
+                                    shape=_stacked_shape(inner_variable.shape, stacking))
                 node.outputs.append(outer)
                 result[name] = (outer, stacked + stacking)
     return result
+
+
+def _stacked_shape(shape, stacking: int):
+    """The shape of a threaded variable: one unknown leading axis per stacking level (None stays unknown)."""
+    return None if shape is None else [None] * stacking + list(shape)
 
 
 def _as_body_output(body: gs.Graph, tensor: gs.Tensor) -> gs.Variable:

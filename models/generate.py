@@ -674,6 +674,224 @@ def _large_sample(rng: np.random.Generator, hidden: int = LARGE_HIDDEN) -> dict[
     return {"x": rng.standard_normal((1, hidden), dtype=np.float32)}
 
 
+# --------------------------------------------------------------------------------------------- nested control flow
+
+BODY_KINDS: tuple[str, ...] = ("If", "Loop", "Scan")
+BODY_OP_KINDS: tuple[str, ...] = ("Conv", "MatMul", "LSTM", "GRU")
+CONTROL_FLOW_OPSET = 16
+_ENCLOSING_KINDS = ("Scan", "Loop", "If")        # the levels around a family member's innermost body, outer first
+_RECURRENT_HIDDEN = 8
+_FEATURE_SHAPES = {"MatMul": ("batch", 8), "Conv": ("batch", 4, 6, 6), "LSTM": ("time", "batch", 8),
+                   "GRU": ("time", "batch", 8)}
+_SAMPLE_SHAPES = {"MatMul": (1, 8), "Conv": (1, 4, 6, 6), "LSTM": (5, 1, 8), "GRU": (5, 1, 8)}
+
+
+def _inline_prefix(owner: str, attr: str, index: int) -> str:
+    """Tensor names as an ONNX function inliner writes them: <node>_<attr>__Inline_<k>__/<scope>/."""
+    return f"{owner}_{attr}__Inline_{index}__/decoder/"
+
+
+def _emit(b: _Builder, op: str, inputs: Sequence[str], n_out: int = 1, **attrs) -> str | list[str]:
+    """A node named <prefix><Op>_<i> whose outputs are <node name>_output_<k> (exporter/inliner style)."""
+    name = b.name(op)
+    outputs = [f"{name}_output_{k}" for k in range(n_out)]
+    b.nodes.append(helper.make_node(op, list(inputs), outputs, name=name, **attrs))
+    return outputs[0] if n_out == 1 else outputs
+
+
+def _scalar_init(b: _Builder, base: str, value) -> str:
+    name = b.name(base)
+    b.initializers.append(numpy_helper.from_array(np.array(value), name))
+    return name
+
+
+def _float_vi(name: str, shape: Sequence[int | str] | None = None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _recurrent(b: _Builder, op: str, x: str, rng: np.random.Generator, weights: _Builder,
+               bidirectional: bool = False) -> str:
+    """LSTM/GRU over time-major x [T,N,8] -> h [T,N,8] (forward: hidden 8; bidirectional: 2 x hidden 4)."""
+    directions = 2 if bidirectional else 1
+    hidden = _RECURRENT_HIDDEN // directions
+    gates = 4 if op == "LSTM" else 3
+    w = weights.init(f"{op.lower()}.W", _f32(rng.standard_normal((directions, gates * hidden, 8)) / math.sqrt(8)))
+    r = weights.init(f"{op.lower()}.R",
+                     _f32(rng.standard_normal((directions, gates * hidden, hidden)) / math.sqrt(hidden)))
+    bias = weights.init(f"{op.lower()}.B", _f32(0.1 * rng.standard_normal((directions, 2 * gates * hidden))))
+    attrs = {"hidden_size": hidden, "direction": "bidirectional" if bidirectional else "forward"}
+    if op == "GRU":
+        attrs["linear_before_reset"] = 1
+    y = _emit(b, op, [x, w, r, bias], **attrs)                                     # [T, D, N, hidden]
+    if bidirectional:
+        y = _emit(b, "Transpose", [y], perm=[0, 2, 1, 3])                          # [T, N, 2, hidden]
+        return _emit(b, "Reshape", [y, b.init("shape", _i64([0, 0, -1]))])
+    return _emit(b, "Squeeze", [y, b.init("axes", _i64([1]))])
+
+
+def _compute_block(b: _Builder, op: str, x: str, rng: np.random.Generator, weights: _Builder | None = None) -> str:
+    """tanh-bounded op(x) of x's shape; ``weights`` is the builder holding the weights (an enclosing graph's
+    builder makes them outer-scope references)."""
+    w = weights or b
+    if op in ("LSTM", "GRU"):
+        return _recurrent(b, op, x, rng, w)          # h = o ⊙ tanh(c) (LSTM), a convex mix of tanh's (GRU)
+    if op == "MatMul":
+        y = _emit(b, "MatMul", [x, w.init("fc.weight", _f32(rng.standard_normal((8, 8)) / math.sqrt(8)))])
+        y = _emit(b, "Add", [y, w.init("fc.bias", _f32(0.1 * rng.standard_normal(8)))])
+    else:
+        y = _emit(b, "Conv", [x, w.init("conv.weight", _f32(rng.standard_normal((4, 4, 3, 3)) / 6.0)),
+                              w.init("conv.bias", _f32(0.1 * rng.standard_normal(4)))],
+                  kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return _emit(b, "Tanh", [y])
+
+
+def _branch_condition(b: _Builder, x: str, rng: np.random.Generator, last_dim: int) -> str:
+    """mean(x ⊙ s) > 0 for a random sign pattern s over the last axis: data-dependent, and nearly independent
+    between levels, so calibration data reaches every branch."""
+    signs = b.init("branch.signs", _f32(rng.choice([-1.0, 1.0], size=last_dim)))
+    mean = _emit(b, "ReduceMean", [_emit(b, "Mul", [x, signs])], keepdims=0)
+    return _emit(b, "Greater", [mean, _scalar_init(b, "branch.threshold", np.float32(0.0))])
+
+
+def _control_level(b: _Builder, levels: Sequence[str], op: str, x: str, x_main: str, rng: np.random.Generator,
+                   main: _Builder) -> str:
+    """Build levels[0] in b reading x, its body holding levels[1:]; the innermost body computes
+    (op(x) + op'(x_main)) / 2 where x_main and op''s weights are read from the main graph across every level."""
+    if not levels:
+        local = _compute_block(b, op, x, rng)
+        remote = _compute_block(b, op, x_main, rng, weights=main)
+        return _emit(b, "Mul", [_emit(b, "Add", [local, remote]), _scalar_init(b, "half", np.float32(0.5))])
+    kind, inner = levels[0], levels[1:]
+    name = b.name(kind)
+    last_dim = _FEATURE_SHAPES[op][-1]
+    if kind == "If":   # then: the next level (x read from the outer scope); else: op on its own weights
+        cond = _branch_condition(b, x, rng, last_dim)
+        tb, eb = _Builder(_inline_prefix(name, "then_branch", 0)), _Builder(_inline_prefix(name, "else_branch", 1))
+        then_y = _control_level(tb, inner, op, x, x_main, rng, main)
+        else_y = _compute_block(eb, op, x, rng)
+        b.nodes.append(helper.make_node(
+            "If", [cond], [f"{name}_output_0"], name=name,
+            then_branch=tb.graph(f"{name}_then", [], [_float_vi(then_y)]),
+            else_branch=eb.graph(f"{name}_else", [], [_float_vi(else_y)])))
+        return f"{name}_output_0"
+    body = _Builder(_inline_prefix(name, "body", 0))
+    if kind == "Loop":  # 2 iterations of x <- level(x)
+        iteration, cond_in, x_in = (f"{body.prefix}{n}" for n in ("iteration_num", "cond_in", "x_in"))
+        cond_out = _emit(body, "Identity", [cond_in])
+        x_out = _control_level(body, inner, op, x_in, x_main, rng, main)
+        graph = body.graph(f"{name}_body", [helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
+                                            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+                                            _float_vi(x_in)],
+                           [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), _float_vi(x_out)])
+        trip, keep = _scalar_init(b, "loop.trip_count", np.int64(2)), _scalar_init(b, "loop.cond", True)
+        b.nodes.append(helper.make_node("Loop", [trip, keep, x], [f"{name}_output_0"], name=name, body=graph))
+        return f"{name}_output_0"
+    # Scan over u = [x, -x]: s_t = level((s_{t-1} + u_t) / 2), s_0 = x; also stacks s_t
+    axes = b.init("unsqueeze.axes", _i64([0]))
+    seq = _emit(b, "Concat", [_emit(b, "Unsqueeze", [x, axes]),
+                              _emit(b, "Unsqueeze", [_emit(b, "Neg", [x]), axes])], axis=0)
+    s_in, u_t = f"{body.prefix}state_in", f"{body.prefix}x_t"
+    mixed = _emit(body, "Mul", [_emit(body, "Add", [s_in, u_t]), _scalar_init(body, "half", np.float32(0.5))])
+    s_out = _control_level(body, inner, op, mixed, x_main, rng, main)
+    stacked = _emit(body, "Identity", [s_out])
+    shape = _FEATURE_SHAPES[op]                      # ORT's Scan needs the body outputs' shapes
+    graph = body.graph(f"{name}_body", [_float_vi(s_in, shape), _float_vi(u_t, shape)],
+                       [_float_vi(s_out, shape), _float_vi(stacked, shape)])
+    b.nodes.append(helper.make_node("Scan", [x, seq], [f"{name}_output_0", f"{name}_output_1"], name=name,
+                                    body=graph, num_scan_inputs=1))
+    return f"{name}_output_0"
+
+
+def control_flow_levels(depth: int, innermost: str) -> tuple[str, ...]:
+    """The body kinds, outermost first, of the family member of this depth (1-4) and innermost kind:
+    depth 4 is Scan > Loop > If > innermost (so 'If in If in Loop in Scan' for innermost If)."""
+    if not 1 <= depth <= len(_ENCLOSING_KINDS) + 1 or innermost not in BODY_KINDS:
+        raise ValueError(f"depth must be 1..{len(_ENCLOSING_KINDS) + 1} and innermost one of {BODY_KINDS}")
+    return _ENCLOSING_KINDS[len(_ENCLOSING_KINDS) - depth + 1:] + (innermost,)
+
+
+CONTROL_FLOW_FAMILY: tuple[tuple[tuple[str, ...], str], ...] = tuple(
+    (control_flow_levels(depth, kind), op) for depth in range(1, 5) for kind in BODY_KINDS for op in BODY_OP_KINDS)
+"""(levels outermost first, op kind) of every member: depth 1-4 x innermost body kind x op kind (48 models)."""
+
+
+def nested_control_flow(levels: Sequence[str], op: str) -> onnx.ModelProto:
+    """x -> a = tanh(x) -> control-flow nesting ``levels`` (outermost first, each If/Loop/Scan) around a body
+    computing (op(a_level) + op'(a)) / 2, with a and op''s weights read from the main graph across every level
+    -> y = op''(...) in the main graph. op is Conv (x [N,4,6,6]), MatMul (x [N,8]) or LSTM/GRU (x [T,N,8],
+    time-major). Every If's else branch applies op on its own weights. Names are inliner-style
+    (``If_0_then_branch__Inline_0__/decoder/...``). opset 16."""
+    if op not in BODY_OP_KINDS or any(kind not in BODY_KINDS for kind in levels):
+        raise ValueError(f"op must be one of {BODY_OP_KINDS}, levels of {BODY_KINDS}")
+    rng = np.random.default_rng([73, BODY_OP_KINDS.index(op), *(BODY_KINDS.index(k) for k in levels)])
+    b = _Builder("/encoder/")
+    a = _emit(b, "Tanh", ["x"])
+    y = _control_level(b, list(levels), op, a, a, rng, b)
+    b.nodes.append(helper.make_node("Identity", [_compute_block(b, op, y, rng)], ["y"], name="/head/Identity"))
+    shape = list(_FEATURE_SHAPES[op])
+    graph = b.graph("nested_control_flow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    return _model(graph, CONTROL_FLOW_OPSET, f"{' > '.join(levels)} bodies around {op}")
+
+
+def control_flow_samples(op: str, n: int, seed: int = CALIB_SEED) -> list[dict[str, np.ndarray]]:
+    """n feeds {"x": ...} (batch 1; T=5 for LSTM/GRU) for nested_control_flow(..., op) or nested_if_lstm_model
+    (op "LSTM"): standard normal, scaled 0.5-1.5 and shifted by -0.5..0.5 per sample."""
+    rng = np.random.default_rng([seed, BODY_OP_KINDS.index(op)])
+    return [{"x": _f32(rng.standard_normal(_SAMPLE_SHAPES[op]) * rng.uniform(0.5, 1.5) + rng.uniform(-0.5, 0.5))}
+            for _ in range(n)]
+
+
+def _inner_if(b: _Builder, name: str, x: str, rng: np.random.Generator, main: _Builder, then_fn, else_fn) -> str:
+    """If(cond(x)) with branches returning (y, sigmoid(y)); returns y ⊙ sigmoid(y) computed in b."""
+    cond = _branch_condition(b, x, rng, 8)
+    branches = {}
+    for index, (attr, fn) in enumerate((("then_branch", then_fn), ("else_branch", else_fn))):
+        body = _Builder(_inline_prefix(name, attr, index))
+        y = fn(body)
+        gate = _emit(body, "Sigmoid", [y])
+        branches[attr] = body.graph(f"{name}_{attr}", [], [_float_vi(y), _float_vi(gate)])
+    outputs = [f"{name}_output_0", f"{name}_output_1"]
+    b.nodes.append(helper.make_node("If", [cond], outputs, name=name, **branches))
+    return _emit(b, "Mul", outputs)
+
+
+def nested_if_lstm_model() -> onnx.ModelProto:
+    """The shape of issue 18's failing export (opset 16, inliner names): x [T,N,8] -> h = tanh(x W0) ->
+    If_0(mean(h⊙s0) > 0): then If_1: (BiLSTM(h) + h W_outer | tanh(h W + b)); else If_1: (Conv1d over time |
+    LSTM(h)), where the inner Ifs return two outputs (y, sigmoid(y)) and h / W_outer are read across two
+    levels -> y = (If_0 output) W_out [T,N,4]. Samples: control_flow_samples("LSTM", n)."""
+    rng = np.random.default_rng(79)
+    b = _Builder("/encoder/")
+    h = _emit(b, "Tanh", [_emit(b, "MatMul", ["x", b.init("in.weight", _f32(rng.standard_normal((8, 8)) / 2.0))])])
+    cond = _branch_condition(b, h, rng, 8)
+
+    def bilstm_plus_skip(body: _Builder) -> str:
+        seq = _recurrent(body, "LSTM", h, rng, body, bidirectional=True)
+        skip = _emit(body, "MatMul", [h, b.init("skip.weight", _f32(rng.standard_normal((8, 8)) / 4.0))])
+        return _emit(body, "Add", [seq, skip])
+
+    def conv_over_time(body: _Builder) -> str:
+        nct = _emit(body, "Transpose", [h], perm=[1, 2, 0])                            # [N, 8, T]
+        y = _emit(body, "Conv", [nct, body.init("conv.weight", _f32(rng.standard_normal((8, 8, 3)) / 5.0)),
+                                 body.init("conv.bias", _f32(0.1 * rng.standard_normal(8)))],
+                  kernel_shape=[3], pads=[1, 1])
+        return _emit(body, "Transpose", [_emit(body, "Tanh", [y])], perm=[2, 0, 1])    # [T, N, 8]
+
+    branches = {}
+    inner = {"then_branch": (bilstm_plus_skip, lambda body: _compute_block(body, "MatMul", h, rng)),
+             "else_branch": (conv_over_time, lambda body: _recurrent(body, "LSTM", h, rng, body))}
+    for index, (attr, (then_fn, else_fn)) in enumerate(inner.items()):
+        outer = _Builder(_inline_prefix("If_0", attr, index))
+        y = _inner_if(outer, f"{outer.prefix}If_1", h, rng, b, then_fn, else_fn)
+        branches[attr] = outer.graph(f"If_0_{attr}", [], [_float_vi(y)])
+    b.nodes.append(helper.make_node("If", [cond], ["If_0_output_0"], name="If_0", **branches))
+    b.node("MatMul", ["If_0_output_0", b.init("out.weight", _f32(rng.standard_normal((8, 4)) / 2.0))], "y")
+    graph = b.graph("nested_if_lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", 8])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["time", "batch", 4])])
+    return _model(graph, CONTROL_FLOW_OPSET, "nested If with LSTM/Conv/MatMul in the inner bodies, inliner names")
+
+
 MODELS: Mapping[str, Callable[[], onnx.ModelProto]] = {
     "tiny_cnn": tiny_cnn,
     "tiny_transformer": tiny_transformer,

@@ -1,12 +1,16 @@
-"""compile_model: FP32 ONNX + calibration data -> quantised ONNX + report. The CLI is a thin layer over this."""
+"""compile_model: FP32 ONNX + calibration data -> quantised ONNX + report. The CLI is a thin layer over this.
+
+    load → check (arguments, input model) → prepare (target defaults, opset: qcompile/preparation.py)
+         → calibrate and emit (the pipeline's steps) → analyse (per-layer, accuracy fallback)
+         → verify (ORT fusions, fidelity) → report
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import tempfile
 import hashlib
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,26 +21,24 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from qcompile import __version__
+from qcompile.accuracy.budget import check_budget_arguments
+from qcompile.accuracy.fallback import Outcome, analyse_compile
+from qcompile.accuracy.fidelity import Metric, measure_fidelity
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
-from qcompile.config import CalibrationProvider, CompileConfig, Granularity
-from qcompile.data import CalibrationSource, InputSpec, open_calibration_source
+from qcompile.config import CalibrationProvider, CompileConfig
+from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
+from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
-from qcompile.pass_infra import NodeStatus, PassContext, run_steps
-from qcompile.passes.prepare.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
-                                           upgrade_default_opset)
-from qcompile.emitter import Emission, StatisticsRecorder
-from qcompile.accuracy.evaluation import Metric
-from qcompile.accuracy.fallback import analyse_compile, check_budget_arguments
+from qcompile.io.validate import check_model_structure
+from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
 from qcompile.pipeline import build_steps
-from qcompile.io.validate import check_model_structure, with_unique_node_names
-from qcompile.report.compile_report import REPORT_VERSION, CompileReport, FidelityAccumulator, node_entries
-from qcompile.runtime_ext.fusion import check_fusion
+from qcompile.preparation import Preparation, prepare_compile
+from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
+from qcompile.runtime_ext.fusion import FusionReport, check_fusion
 from qcompile.runtime_ext.matmul_nbits import choose_form
-from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session, ort_error_line
-from qcompile.runtime_ext.session import has_cuda
-from qcompile.runtime_ext.target import apply_target_defaults, resolve_profile
+from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, has_cuda, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +89,6 @@ def default_report_path(output_path: Path) -> Path:
     return output_path.with_name(f"{stem}.report.json")
 
 
-def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [InputSpec.from_value_info(v) for v in model.graph.input if v.name not in initializers]
-
-
 def _progress(total: int | None, desc: str, enabled: bool, unit: str):
     if not enabled:
         return contextlib.nullcontext(None)
@@ -107,27 +104,27 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     With ``config.accuracy_budget``, the most sensitive nodes fall back to float until the budget holds on
     ``eval_data`` (folder, .npz file or iterable of feed dicts; default: the first calibration items), and
     ``metric(fp32_outputs, quantised_outputs) -> float`` (lists of {output: array} per eval item, higher is
-    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/fallback.py)."""
+    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py)."""
     config = config or CompileConfig()
-    check_budget_arguments(config, eval_data, metric)  # before any work, like the other argument checks
+    check_arguments(config, eval_data, metric)
+    started = time.perf_counter()
+    loaded = load_model(model)
+    check_input_model(loaded, config.custom_op_library)
+    with contextlib.ExitStack() as stack:
+        source = _open_calibration(calib, loaded.model, config, stack)
+        return _compile(loaded, source, config, progress, started, eval_data, metric)
+
+
+def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
+    """Arguments that cannot work, found before any work: a missing extra or EP is a one-line error."""
+    check_budget_arguments(config, eval_data, metric)
     if config.calibration.workers is not None:
-        distributed.require_ray()  # before any work: a missing extra is a one-line error
+        distributed.require_ray()
     if config.calibration.provider is CalibrationProvider.CUDA and not has_cuda():
         raise ConfigError("--calib-provider cuda needs onnxruntime's CUDA execution provider: "
                           "pip install 'qcompile[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU")
     if config.custom_op_library is not None and not Path(config.custom_op_library).is_file():
         raise ConfigError(f"custom op library {config.custom_op_library} does not exist or is not a file")
-    started = time.perf_counter()
-    loaded = load_model(model)
-    check_input_model(loaded, config.custom_op_library)
-    specs = model_input_specs(loaded.model)
-    with contextlib.ExitStack() as stack:
-        if _is_one_shot(calib):
-            calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
-                                     Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
-        source = open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
-                                         image=config.calibration.image)
-        return _compile(loaded, source, config, progress, started, eval_data, metric)
 
 
 def check_input_model(loaded: LoadedModel, custom_op_library: str | None = None) -> None:
@@ -143,6 +140,17 @@ def check_input_model(loaded: LoadedModel, custom_op_library: str | None = None)
     except QCompileError as exc:
         detail = str(exc).split(": ", 1)[-1]
         raise UnsupportedModelError(f"onnxruntime cannot load the input model {name}: {detail}") from None
+
+
+def _open_calibration(calib: CalibSource, model: onnx.ModelProto, config: CompileConfig,
+                      stack: contextlib.ExitStack) -> CalibrationSource:
+    """The calibration source; a one-shot iterator is first spooled to a temporary folder (closed by ``stack``)."""
+    specs = model_input_specs(model)
+    if _is_one_shot(calib):
+        calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
+                                 Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
+    return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
+                                   image=config.calibration.image)
 
 
 def _is_one_shot(calib: object) -> bool:
@@ -172,95 +180,117 @@ def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Pat
 
 def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConfig, progress: bool,
              started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
-    profile = resolve_profile(config.target)
-    config, target_note = apply_target_defaults(config, profile)   # e.g. cuda: w8a8 -> w4a16
-    working, config, opset_note = _prepare_opset(loaded.model, config)
+    """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
+    prepared = prepare_compile(loaded.model, config)      # target defaults, opset
+    baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
+    analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
+                               calibration=source, baseline=baseline, recorder=recorder, collect=collect,
+                               export=_export, eval_data=eval_data, metric=metric)
+    final = analysis.emission if analysis is not None else baseline
+    verification = _verify(loaded, final, prepared.profile, source)
+    return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
+                                                           analysis, time.perf_counter() - started))
+
+
+def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
+                        progress: bool) -> tuple[Emission, StatisticsRecorder, Collector]:
+    """The pipeline's steps on the prepared model, statistics gathered on ``source`` (or Ray workers)."""
+    config = prepared.config
     try:
-        graph = gs.import_onnx(working).toposort()  # valid graphs may list nodes out of order
+        graph = gs.import_onnx(prepared.model).toposort()  # valid graphs may list nodes out of order
     except Exception as exc:  # malformed attributes or tensors the checks above did not see (models > 2 GiB)
         raise UnsupportedModelError(f"cannot import the model graph: {type(exc).__name__}: {exc}") from exc
-    ctx = PassContext(config=config, target=profile)
-    if opset_note:
-        ctx.warnings.append(opset_note)
+    ctx = PassContext(config=config, target=prepared.profile)
+    if prepared.opset_note:
+        ctx.warnings.append(prepared.opset_note)
 
     steps = build_steps(config)
     recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
+    memory_budget_bytes = config.calibration.memory_budget_mb << 20
     with _progress(len(steps), "compile", progress, "step") as bar, \
             distributed.connect(config.calibration.workers) as cluster:
         def collect(g: gs.Graph, requests):
             with _progress(source.num_samples, "calibrate", progress, "sample") as calib_bar:
                 if cluster is not None:  # shards on Ray workers, merged here
-                    return distributed.collect_distributed(
-                        g, requests, source, cluster, progress=calib_bar,
-                        memory_budget_bytes=config.calibration.memory_budget_mb << 20)
+                    return distributed.collect_distributed(g, requests, source, cluster, progress=calib_bar,
+                                                           memory_budget_bytes=memory_budget_bytes)
                 return collect_statistics(g, requests, source, progress=calib_bar,
-                                          memory_budget_bytes=config.calibration.memory_budget_mb << 20,
+                                          memory_budget_bytes=memory_budget_bytes,
                                           providers=config.calibration.provider.ort_providers,
                                           custom_op_library=config.custom_op_library)
 
-        records = run_steps(graph, steps, ctx, recorder.wrap(collect), on_step=(lambda _s: bar.update(1)) if bar else None)
+        records = run_steps(graph, steps, ctx, recorder.wrap(collect),
+                            on_step=(lambda _s: bar.update(1)) if bar else None)
+    baseline = Emission(_export(graph, prepared.model), ctx, tuple(records), config, ())
+    return baseline, recorder, collect
 
-    quantized = _export(graph, working)
-    analysis = analyse_compile(reference=loaded.model, working=working, profile=profile, calibration=source,
-                               baseline=Emission(quantized, ctx, tuple(records), config, ()), recorder=recorder,
-                               collect=collect, export=_export, eval_data=eval_data, metric=metric)
-    if analysis is not None:
-        quantized, ctx, config = analysis.emission.model, analysis.emission.ctx, analysis.emission.config
-        records = list(analysis.records)
+
+@dataclass(frozen=True)
+class Verification:
+    """What the emitted model does in ORT: the quantised nodes, the CPU EP's fusions, fidelity vs FP32."""
+
+    quantized: tuple[str, ...]
+    fusion: FusionReport | None
+    fidelity: Mapping[str, Any]
+
+
+def _verify(loaded: LoadedModel, emission: Emission, profile, source: CalibrationSource) -> Verification:
+    """Warn about what stayed float, check ORT's fusions, and measure fidelity on the calibration items."""
+    ctx, config = emission.ctx, emission.config
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
-        message = ("no node was quantised: " + (f"{len(skipped)} compute node(s) skipped, see nodes[].reason"
-                   if skipped else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
-        logger.warning(message)
-        ctx.warnings.append(message)
+        _warn(ctx, "no node was quantised: " + (f"{len(skipped)} compute node(s) skipped, see nodes[].reason"
+                                                 if skipped else
+                                                 "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
-    fusion = check_fusion(quantized, quantized_names) \
+    fusion = check_fusion(emission.model, quantized_names) \
         if quantized_names and profile.cpu_fusion_check and config.custom_op_library is None else None
     if fusion is not None and fusion.unfused:
-        message = f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}"
-        logger.warning(message)
-        ctx.warnings.append(message)
+        _warn(ctx, f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}")
     for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
-        message = f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}"
-        logger.warning(message)
-        ctx.warnings.append(message)
+        _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
-    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, quantized, source,
+    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
                                 config.fidelity_samples, custom_op_library=config.custom_op_library)
-    output_bytes = model_size_bytes(quantized)
+    return Verification(tuple(quantized_names), fusion, fidelity)
 
-    report = CompileReport({
+
+def _warn(ctx: PassContext, message: str) -> None:
+    logger.warning(message)
+    ctx.warnings.append(message)
+
+
+def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparation, final: Emission,
+            verification: Verification, analysis: Outcome | None, seconds: float) -> CompileReport:
+    ctx, config, fusion = final.ctx, final.config, verification.fusion
+    output_bytes = model_size_bytes(final.model)
+    return CompileReport({
         "report_version": REPORT_VERSION,
         "qcompile_version": __version__,
         "input": _describe_input(loaded, source),
         "config": config.to_json(),
-        "target": {**profile.describe(), **_weight_only_form(config), "note": target_note},
+        "target": {**prepared.profile.describe(), **_weight_only_form(config), "note": prepared.target_note},
         "summary": {
-            "quantized_nodes": len(quantized_names),
+            "quantized_nodes": len(verification.quantized),
             "skipped_compute_nodes": sum(1 for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED),
             "unfused_nodes": len(fusion.unfused) if fusion else 0,
             "input_bytes": loaded.size_bytes,
             "output_bytes": output_bytes,
             "size_ratio": output_bytes / max(loaded.size_bytes, 1),
-            "compile_seconds": time.perf_counter() - started,
+            "compile_seconds": seconds,
         },
-        "fidelity": fidelity,
+        "fidelity": verification.fidelity,
         "nodes": node_entries(ctx.decisions, dict(fusion.node_kernels) if fusion else {},
                               fusion.unfused if fusion else ()),
         "tensor_ranges": ctx.tensor_ranges,
         "ort": fusion.as_json() if fusion else None,
-        "passes": [{"step": r.step, "name": r.name, "seconds": round(r.seconds, 4), "modified": r.modified,
-                    "stats": dict(r.stats)} for r in records],
+        "passes": pass_entries(analysis.records if analysis is not None else final.records),
         "warnings": list(ctx.warnings),
         "layers": analysis.layers if analysis else None,
         "fallback": analysis.fallback if analysis else None,
     })
-    return CompileResult(model=quantized, report=report)
-
-
-WEIGHT_ONLY_MIN_OPSET = 21
 
 
 def _weight_only_form(config: CompileConfig) -> dict[str, Any]:
@@ -270,31 +300,6 @@ def _weight_only_form(config: CompileConfig) -> dict[str, Any]:
     choice = choose_form(config.target, config.weight_only)
     return {"weight_only_form": choice.form.value, "weight_only_accuracy_level": choice.accuracy_level,
             "weight_only_form_reason": choice.reason}
-
-
-def _prepare_opset(model: onnx.ModelProto, config: CompileConfig) -> tuple[onnx.ModelProto, CompileConfig, str]:
-    """Upgrade to the opset per-channel weights need, or fall back to per-tensor weights if that fails."""
-    opset = default_opset(model)
-    if config.preset.weight_only_bits is not None and opset < WEIGHT_ONLY_MIN_OPSET:
-        # blocked DequantizeLinear and INT4/UINT4 tensors exist from opset 21; no per-tensor fallback for them
-        return upgrade_default_opset(model, WEIGHT_ONLY_MIN_OPSET), config, \
-            f"upgraded opset {opset} -> {WEIGHT_ONLY_MIN_OPSET} for blocked weight-only quantisation"
-    if opset < QDQ_MIN_OPSET:
-        try:
-            return upgrade_default_opset(model, PER_CHANNEL_MIN_OPSET), config, \
-                f"upgraded opset {opset} -> {PER_CHANNEL_MIN_OPSET}"
-        except UnsupportedModelError as exc:
-            raise UnsupportedModelError(f"opset {opset} has no QuantizeLinear and {exc}") from None
-    if opset < PER_CHANNEL_MIN_OPSET and config.weight.granularity is Granularity.CHANNEL:
-        try:
-            return upgrade_default_opset(model, PER_CHANNEL_MIN_OPSET), config, \
-                f"upgraded opset {opset} -> {PER_CHANNEL_MIN_OPSET} for per-channel weights"
-        except UnsupportedModelError as exc:
-            note = f"{exc}; using per-tensor weights instead"
-            logger.warning(note)
-            return model, dataclasses.replace(config, weight=dataclasses.replace(
-                config.weight, granularity=Granularity.TENSOR)), note
-    return model, config, ""
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
@@ -333,37 +338,3 @@ def _describe_input(loaded: LoadedModel, source: CalibrationSource) -> dict[str,
                    for s in model_input_specs(model)],
         "calibration": {"source": source.description, "samples": source.num_samples},
     }
-
-
-def _run(session, names, feed, error: type[QCompileError], what: str) -> list:
-    try:
-        return session.run(names, dict(feed))
-    except Exception as exc:  # ORT's runtime errors (shapes only known from the data, allocation failures)
-        raise error(f"{what}: {ort_error_line(exc)}") from exc
-
-
-def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelProto, source: Iterable,
-                     max_samples: int, *, custom_op_library: str | None = None) -> dict[str, Any]:
-    """Run FP32 and quantised models on the first ``max_samples`` calibration items and compare outputs.
-    ``reference`` may be the input model's path (ORT then reads a large model's weights from its files)."""
-    if max_samples == 0:
-        return {}
-    try:
-        ref_session = make_session(reference if isinstance(reference, Path) else with_unique_node_names(reference),
-                                   custom_op_library=custom_op_library)
-        q_session = make_session(quantized, custom_op_library=custom_op_library)
-    except QCompileError as exc:
-        logger.warning("fidelity not measured: %s", exc)
-        return {"error": str(exc)}
-    names = [o.name for o in ref_session.get_outputs()]
-    acc = FidelityAccumulator()
-    count = 0
-    for feed in source:
-        ref_out = _run(ref_session, names, feed, CalibrationDataError, f"the FP32 model fails on calibration item {count}")
-        q_out = _run(q_session, names, feed, UnsupportedModelError, f"the quantised model fails on calibration item {count}")
-        for name, r, q in zip(names, ref_out, q_out):
-            acc.add(name, np.asarray(r), np.asarray(q))
-        count += 1
-        if count >= max_samples:
-            break
-    return {"items": count, "outputs": acc.summary()}

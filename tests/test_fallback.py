@@ -21,8 +21,10 @@ from qcompile.cli import main
 from qcompile.config import AccuracyBudget, AnalysisConfig, CompileConfig, LayerAnalysis, config_from_mapping
 from qcompile.emitter import Emitter, StatisticsRecorder, keep_float_config
 from qcompile.errors import AccuracyBudgetError, CalibrationDataError, ConfigError
-from qcompile.accuracy.evaluation import Fidelity, compare_outputs, load_eval_data, relative_error, run_outputs
-from qcompile.accuracy.fallback import budget_violations
+from qcompile.accuracy.budget import budget_violations
+from qcompile.data import load_eval_data
+from qcompile.accuracy.fidelity import Fidelity, compare_outputs, run_outputs
+from qcompile.numerics.metrics import relative_error_from_power as relative_error
 from qcompile.runtime_ext.target import resolve_profile
 from tests._analysis_models import SENSITIVE_NODE, outlier_cnn, outlier_samples
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompile.numerics.metrics import sqnr_db
 from qcompile.numerics.qparams import (BIAS_INT32_LIMIT, QParams, QuantDType, TensorRange, bias_safe_weight_scale,
-                              compute_qparams, dequantize, quantize, sqnr_db, weight_range)
+                              compute_qparams, dequantize, quantize, weight_range)
 
 EIGHT_BIT = [QuantDType.INT8, QuantDType.UINT8]
 # float32 rounding of the scale and of x / scale may push the error a hair past scale / 2

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from qcompile.report.compile_report import FidelityAccumulator
+from qcompile.accuracy.fidelity import FidelityAccumulator
 
 
 def test_metrics_equal_numpy() -> None:

@@ -25,7 +25,9 @@ from qcompile.emitter import Emitter, StatisticsRecorder
 from qcompile.pass_infra import NodeStatus
 from qcompile.runtime_ext.session import GraphOptimization, make_session
 from qcompile.runtime_ext.target import resolve_profile
-from qcompile.accuracy.sensitivity import SwitchableModel, code_histogram, fake_quantize, ranking, sqnr_db
+from qcompile.accuracy.sensitivity import code_histogram, fake_quantize, ranking
+from qcompile.accuracy.switchable import SwitchableModel
+from qcompile.numerics.metrics import sqnr_db_from_power as sqnr_db
 from tests._analysis_models import SENSITIVE_NODE, outlier_cnn, outlier_samples
 
 ATOL = 1e-4     # float32 reassociation between graphs that compute the same values

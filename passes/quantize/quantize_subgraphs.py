@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from qcompile.calibrators.subgraph_outputs import conditional_in_stacking_names
 from qcompile.pass_infra import CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.passes.quantize.insert_qdq import InsertQDQPass
 from qcompile.selection import COMPUTE_OPS, reaches_output
@@ -72,11 +73,12 @@ class QuantizeAllGraphsPass(CalibratedPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter()
         modified = False
+        unstackable = conditional_in_stacking_names(graph)
         for scope, graph_pass in self._scopes(graph):
             if scope.owner is not None:
                 missing = [r for r in graph_pass.stat_requests(scope.graph, ctx) if r not in ctx.statistics]
                 if missing:
-                    self._keep_float(scope, ctx, stats)
+                    self._keep_float(scope, ctx, stats, any(r.tensor in unstackable for r in missing))
                     continue
             result = graph_pass.run(scope.graph, ctx)
             modified |= result.modified
@@ -87,8 +89,10 @@ class QuantizeAllGraphsPass(CalibratedPass):
         return PassResult(modified=modified, stats=dict(stats))
 
     @staticmethod
-    def _keep_float(scope: _Scope, ctx: PassContext, stats: Counter) -> None:
-        reason = f"{scope.owner} never ran on the calibration data (no statistics for its tensors)"
+    def _keep_float(scope: _Scope, ctx: PassContext, stats: Counter, unstackable: bool) -> None:
+        reason = (f"{scope.owner} is an If branch inside a Loop/Scan body: the branch taken may change per "
+                  "iteration, so its tensors cannot be stacked out for calibration" if unstackable else
+                  f"{scope.owner} never ran on the calibration data (no statistics for its tensors)")
         for node in scope.graph.nodes:
             if node.op in COMPUTE_OPS:
                 ctx.decide(NodeDecision(node.name, node.op, NodeStatus.SKIPPED, reason))

@@ -1,6 +1,6 @@
 """Accuracy-budgeted mixed precision: the most sensitive nodes fall back to float until a budget holds.
 
-With the quantised nodes ranked by sensitivity, n_1 first (qcompile/sensitivity.py), let ok(k) say that the
+With the quantised nodes ranked by sensitivity, n_1 first (qcompile/accuracy/sensitivity.py), let ok(k) say that the
 model compiled with n_1..n_k kept float meets the budget on the eval data. The search finds the smallest k
 with ok(k) by binary search on [0, N], on the premise that ok is monotone in k (keeping more nodes float
 rarely lowers fidelity): about log2(N) + 1 trials. ok(0) is the compile itself; ok(N) is evaluated only if
@@ -23,56 +23,20 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import onnx
 
-from qcompile.config import AccuracyBudget, CompileConfig, LayerAnalysis
-from qcompile.data import CalibrationSource
+from qcompile.config import AccuracyBudget, LayerAnalysis
+from qcompile.data import CalibrationSource, EvalData, load_eval_data, model_input_specs
 from qcompile.emitter import Emission, Emitter, Exporter, StatisticsRecorder
-from qcompile.errors import AccuracyBudgetError, ConfigError, QCompileError, UnsupportedModelError
-from qcompile.accuracy.evaluation import (EvalData, Fidelity, Metric, Outputs, compare_outputs, load_eval_data,
-                                 measure_latency, run_outputs)
+from qcompile.errors import AccuracyBudgetError, QCompileError, UnsupportedModelError
+from qcompile.accuracy.budget import (NOT_HELD_OUT_WARNING, budget_json, budget_violations, check_budget_applies,
+                                      check_budget_arguments)
+from qcompile.accuracy.fidelity import Fidelity, Metric, Outputs, compare_outputs, run_outputs
+from qcompile.accuracy.latency import measure_latency
 from qcompile.io import model_size_bytes
 from qcompile.pass_infra import Collector, NodeDecision, NodeStatus, PassRecord
-from qcompile.accuracy.sensitivity import SwitchableModel, ranking
+from qcompile.accuracy.sensitivity import analyse_layers, output_sqnr, ranking
+from qcompile.accuracy.switchable import SwitchableModel
 
 logger = logging.getLogger(__name__)
-
-
-def budget_violations(budget: AccuracyBudget, fidelity: Fidelity) -> list[str]:
-    """What the budget asks that ``fidelity`` misses (empty: the budget holds)."""
-    def show(value: float | None) -> str:
-        return "none" if value is None else f"{value:.5f}"
-    missed = []
-    if budget.min_cosine is not None and not (fidelity.cosine is not None and fidelity.cosine >= budget.min_cosine):
-        missed.append(f"cosine {show(fidelity.cosine)} < {budget.min_cosine}")
-    if budget.max_error is not None and not (fidelity.error is not None and fidelity.error <= budget.max_error):
-        missed.append(f"relative error {show(fidelity.error)} > {budget.max_error}")
-    if budget.min_top1_agreement is not None and not (fidelity.top1_agreement is not None
-                                                      and fidelity.top1_agreement >= budget.min_top1_agreement):
-        missed.append(f"top-1 agreement {show(fidelity.top1_agreement)} < {budget.min_top1_agreement}")
-    if budget.min_metric is not None and not (fidelity.metric is not None and fidelity.metric >= budget.min_metric):
-        missed.append(f"metric {show(fidelity.metric)} < {budget.min_metric}")
-    return missed
-
-
-def check_budget_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
-    """Budget arguments that cannot work together, found before any work is done."""
-    budget = config.accuracy_budget
-    if budget is None and (eval_data is not None or metric is not None):
-        raise ConfigError("eval data and a metric are used by an accuracy budget; set one "
-                          "(--min-cosine / --max-error / --min-top1-agreement, or AccuracyBudget)")
-    if budget is not None and budget.min_metric is not None and metric is None:
-        raise ConfigError("accuracy_budget.min_metric needs a metric function (compile_model(..., metric=fn))")
-    if metric is not None and not callable(metric):
-        raise ConfigError(f"metric must be a function (fp32 outputs, quantised outputs) -> float, "
-                          f"not {type(metric).__name__}")
-
-
-def check_budget_applies(budget: AccuracyBudget, fidelity: Fidelity) -> None:
-    """Bounds the model's outputs cannot be measured against (known after the first evaluation)."""
-    if not fidelity.outputs:
-        raise ConfigError("the accuracy budget needs a float output to compare with FP32; the model has none")
-    if budget.min_top1_agreement is not None and fidelity.top1_agreement is None:
-        raise ConfigError("min_top1_agreement needs a rank-2 logits output [batch, classes]; outputs are "
-                          f"{sorted(fidelity.outputs)}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +65,6 @@ def analyse_compile(*, reference: onnx.ModelProto, working: onnx.ModelProto, bas
     evaluation = None
     if budget is not None:
         if eval_data is not None:
-            from qcompile.api import model_input_specs
             evaluation = load_eval_data(eval_data, model_input_specs(reference), budget.eval_samples)
         else:
             items = tuple(itertools.islice(calibration, budget.eval_samples))
@@ -142,7 +105,8 @@ def analyse_and_fall_back(emitter: Emitter, baseline: Emission, reference: onnx.
         start = time.perf_counter()
         try:
             switchable = SwitchableModel(reference_graph, baseline.model, quantized, fusable)
-            layers = switchable.analyse(itertools.islice(calibration, samples), mode is LayerAnalysis.SENSITIVITY)
+            layers = analyse_layers(switchable, itertools.islice(calibration, samples),
+                                    mode is LayerAnalysis.SENSITIVITY)
         except QCompileError as exc:
             if budget is not None:
                 raise
@@ -162,15 +126,14 @@ def analyse_and_fall_back(emitter: Emitter, baseline: Emission, reference: onnx.
     search = _Search(emitter, budget, metric, reference, eval_data)
     final, fallback = search.run(baseline, order, layers or {})
     if switchable is not None and final.kept_float and layers is not None:
-        after = switchable.output_sqnr(itertools.islice(calibration, samples),
-                                       [n for n in quantized if n not in final.kept_float])
+        after = output_sqnr(switchable, itertools.islice(calibration, samples),
+                            [n for n in quantized if n not in final.kept_float])
         for entry in layers["nodes"]:
             entry["output_sqnr_db_after"] = after.get(entry["name"])
     records.append(PassRecord("fallback", "AccuracyFallback", time.perf_counter() - start, bool(final.kept_float),
                               {"trials": len(fallback["trials"]), "fallback_nodes": len(final.kept_float)}))
     if not eval_data.held_out:
-        warnings.append("the accuracy budget was checked on calibration items, not held-out data; "
-                        "pass eval data (--eval-data) for an unbiased check")
+        warnings.append(NOT_HELD_OUT_WARNING)
     return Outcome(final, tuple(records), layers, fallback, tuple(warnings))
 
 
@@ -236,7 +199,7 @@ class _Search:
                  "after_bytes": model_size_bytes(final.model)}
         sizes["cost_bytes"] = sizes["after_bytes"] - sizes["before_bytes"]
         return {
-            "budget": {k: v for k, v in vars(self.budget).items() if v is not None},
+            "budget": budget_json(self.budget),
             "eval": {"source": self.eval_data.description, "items": len(self.eval_data.items),
                      "held_out": self.eval_data.held_out},
             "ranked_by": "sensitivity: output error with only that node quantised (see layers)",

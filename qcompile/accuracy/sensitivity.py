@@ -1,17 +1,6 @@
-"""Per-layer error and sensitivity, measured on a switchable copy of the quantised (Q/DQ) graph.
+"""Per-layer error and sensitivity, measured on the switchable graph S (qcompile/accuracy/switchable.py).
 
-Switchable graph S. Every activation quantisation point p (x → Q → DQ → x̂) becomes x'_p = Where(s_p, x̂_p, x_p);
-every weight or bias a quantised node n reads through a DQ becomes W'_n = Where(s_n, Ŵ_n, W_n), W_n the float
-value from the graph right before quantisation. The switches are boolean graph inputs. All off, S computes
-the FP32 graph; all on, the quantised graph as float arithmetic on dequantised values (Q/DQ simulation; ORT's
-integer kernels differ only in the rounding of the requantisation). Node n's group
-
-    G(n) = {s_n} ∪ {s_p : n reads x̂_p} ∪ {s_p : p is n's output point, reached from n's output through the
-                                            activations ORT folds into a Q (Relu, Clip)}
-
-is what is quantised when n alone is (except that a point n shares with a float consumer, such as a residual
-Add, feeds that consumer its quantised value too, as it does in the full model). On the first ``samples`` calibration items, with Y the model outputs and
-y_n node n's output (x'_p of its output point if it has one, else its own output):
+On the first ``samples`` calibration items, with Y the model outputs, y_n node n's output and G(n) its group:
 
     output SQNR(n) = 10·log10(Σ y_n(off)² / Σ (y_n(off) − y_n(all on))²)        error accumulated up to n
     input SQNR(n)  = 10·log10(Σ x² / Σ (x − DQ(Q(x; s, z)))²), x = n's FP32 input  error of the range alone
@@ -19,39 +8,25 @@ y_n node n's output (x'_p of its output point if it has one, else its own output
     weight SQNR(n) = 10·log10(Σ W² / Σ (W − Ŵ)²)
     sensitivity(n) = sqrt(Σ ‖Y(off) − Y(G(n) on)‖² / Σ ‖Y(off)‖²)                only n quantised
 
-SQNR costs two runs of S per item; sensitivity one more run per node and item.
+and the ranking by decreasing sensitivity. SQNR costs two runs of S per item; sensitivity one more run per
+node and item. (SQNR and relative error as defined in qcompile/numerics/metrics.py.)
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
 
-from qcompile.accuracy.evaluation import relative_error
-from qcompile.report.compile_report import FidelityAccumulator
-from qcompile.errors import UnsupportedModelError
-from qcompile.runtime_ext.session import GraphOptimization, make_session, ort_error_line
-
-logger = logging.getLogger(__name__)
+from qcompile.accuracy.fidelity import FidelityAccumulator
+from qcompile.accuracy.switchable import SwitchableModel, SwitchedLayer
+from qcompile.numerics.metrics import power_sums, relative_error_from_power, sqnr_db_from_power
 
 HISTOGRAM_BINS = 64            # bins of consecutive integer codes shown per histogram
-OPT = GraphOptimization.BASIC
 HISTOGRAM_TENSORS = 8          # histograms kept in the report: the inputs of the layers with the lowest SQNR
-_MAX_CHAIN = 8
-
-
-def sqnr_db(signal: float, noise: float) -> float | str | None:
-    """10·log10(signal / noise) for the JSON report: "inf" without noise, None without signal."""
-    if noise == 0:
-        return "inf" if signal > 0 else None
-    return 10 * math.log10(signal / noise) if signal > 0 else None
 
 
 def fake_quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,336 +45,117 @@ def code_histogram(codes: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
 
 
 @dataclass
-class _Point:
-    switch: str
-    x: gs.Variable
-    dq_out: gs.Variable
-    q_node: gs.Node
-    dq_node: gs.Node
-    scale: float | None
-    zero_point: int
-    qmin: int
-    qmax: int
-
-
-@dataclass
-class _Layer:
-    name: str
-    op: str
-    switch: str
-    group: set[str]
-    output: str = ""
-    input_point: _Point | None = None
-    weights: dict[int, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)  # input -> (W, Ŵ)
-
-
-@dataclass
 class _Stats:
     signal: float = 0.0
     noise: float = 0.0
 
 
-def _activation_points(graph: gs.Graph) -> list[_Point]:
-    points = []
-    for node in graph.nodes:
-        if node.op != "QuantizeLinear" or not isinstance(node.inputs[0], gs.Variable):
-            continue
-        consumers = list(node.outputs[0].outputs)
-        if len(consumers) != 1 or consumers[0].op != "DequantizeLinear":
-            continue
-        scale = node.inputs[1]
-        zp = node.inputs[2] if len(node.inputs) > 2 else None
-        zp_values = zp.values if isinstance(zp, gs.Constant) else np.zeros((), np.uint8)
-        info = np.iinfo(zp_values.dtype) if zp_values.dtype.kind in "iu" else None
-        per_tensor = isinstance(scale, gs.Constant) and scale.values.size == 1 and info is not None
-        points.append(_Point(
-            switch=f"qcompile_switch_p{len(points)}", x=node.inputs[0], dq_out=consumers[0].outputs[0],
-            q_node=node, dq_node=consumers[0],
-            scale=float(scale.values.reshape(-1)[0]) if per_tensor else None,
-            zero_point=int(zp_values.reshape(-1)[0]) if per_tensor else 0,
-            qmin=int(info.min) if info else 0, qmax=int(info.max) if info else 0))
-    return points
-
-
-def _output_point(node: gs.Node, by_x: Mapping[str, _Point], fusable: frozenset[str]) -> _Point | None:
-    tensor = node.outputs[0]
-    for _ in range(_MAX_CHAIN):
-        if tensor.name in by_x:
-            return by_x[tensor.name]
-        consumers = list(tensor.outputs)
-        if len(consumers) != 1 or consumers[0].op not in fusable or consumers[0].inputs[0] is not tensor:
-            return None
-        tensor = consumers[0].outputs[0]
-    return None
-
-
-def _branch(graph: gs.Graph, name: str, nodes: list[gs.Node], output: gs.Variable) -> gs.Graph:
-    return gs.Graph(nodes=nodes, outputs=[output], name=name, opset=graph.opset, import_domains=graph.import_domains)
-
-
-def _switch_point(graph: gs.Graph, point: _Point) -> None:
-    """x̂ = If(s_p, then: DQ(Q(x)), else: x): the Q/DQ pair moves into the then-branch, so it only runs when on."""
-    dtype = point.x.dtype or np.float32
-    switch = gs.Variable(point.switch, dtype=np.bool_, shape=())
-    graph.inputs.append(switch)
-    inner = gs.Variable(f"{point.dq_out.name}__quantized", dtype=dtype)
-    point.dq_node.outputs.clear()
-    point.dq_node.outputs.append(inner)
-    graph.nodes.remove(point.q_node)
-    graph.nodes.remove(point.dq_node)
-    copy = gs.Variable(f"{point.dq_out.name}__float", dtype=dtype)
-    graph.nodes.append(gs.Node("If", name=f"{point.switch}_If", inputs=[switch], outputs=[point.dq_out], attrs={
-        "then_branch": _branch(graph, f"{point.switch}_on", [point.q_node, point.dq_node], inner),
-        "else_branch": _branch(graph, f"{point.switch}_off", [gs.Node("Identity", inputs=[point.x], outputs=[copy])],
-                               copy)}))
-
-
-def _switch_weight(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray, switch: gs.Variable) -> np.ndarray | None:
-    """node.inputs[index] = If(s_n, then: its DQ, else: the float value); returns Ŵ when computable here."""
-    quantized = node.inputs[index]
-    dq_node = quantized.inputs[0]
-    dequantized = _dequantize_constant(dq_node)
-    out = gs.Variable(f"{quantized.name}__switched_{switch.name}", dtype=values.dtype)
-    on_out = gs.Variable(f"{out.name}__on", dtype=values.dtype)
-    off_out = gs.Variable(f"{out.name}__off", dtype=values.dtype)
-    if len(quantized.outputs) == 1 and quantized not in graph.outputs:    # only this node reads it: move the DQ
-        graph.nodes.remove(dq_node)
-        dq_node.outputs.clear()
-        dq_node.outputs.append(on_out)
-        on_nodes = [dq_node]
-    else:
-        on_nodes = [gs.Node("Identity", inputs=[quantized], outputs=[on_out])]
-    node.inputs[index] = out
-    float_value = gs.Constant(f"{quantized.name}__float_{switch.name}", values)
-    graph.nodes.append(gs.Node("If", name=f"{switch.name}_If_{index}", inputs=[switch], outputs=[out], attrs={
-        "then_branch": _branch(graph, f"{out.name}_on", on_nodes, on_out),
-        "else_branch": _branch(graph, f"{out.name}_off", [gs.Node("Identity", inputs=[float_value],
-                                                                  outputs=[off_out])], off_out)}))
-    return dequantized
-
-
-def _dequantize_constant(dq_node: gs.Node) -> np.ndarray | None:
-    """DequantizeLinear of constants in numpy (per tensor or per axis); None for blocked or exotic types."""
-    inputs = [t for t in dq_node.inputs if t is not None and t.name]
-    if not all(isinstance(t, gs.Constant) for t in inputs) or dq_node.attrs.get("block_size", 0):
-        return None
-    values, scale = inputs[0].values, inputs[1].values.astype(np.float32)
-    zero = inputs[2].values if len(inputs) > 2 else np.zeros_like(scale, dtype=np.int64)
-    if values.dtype.kind not in "iu":
-        return None
-    if scale.size > 1:
-        axis = int(dq_node.attrs.get("axis", 1)) % values.ndim
-        shape = [1] * values.ndim
-        shape[axis] = scale.size
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    with np.errstate(invalid="ignore", over="ignore"):   # a weight holding Inf/NaN dequantises to NaN, reported so
-        return (values.astype(np.float32) - zero.astype(np.float32)) * scale
-
-
-def _float_weights(node: gs.Node, reference: gs.Node) -> tuple[list[tuple[int, np.ndarray]], str]:
-    """(input index, float value) for each input read through a DQ of constants, or a reason it cannot be."""
-    found = []
-    for index, tensor in enumerate(node.inputs[1:], start=1):
-        producer = tensor.inputs[0] if isinstance(tensor, gs.Variable) and tensor.inputs else None
-        if producer is None or producer.op != "DequantizeLinear" or not isinstance(producer.inputs[0], gs.Constant):
-            continue
-        shape = tuple(producer.inputs[0].shape)
-        original = reference.inputs[index] if index < len(reference.inputs) else None
-        if isinstance(original, gs.Constant):
-            values = original.values
-        elif original is None or not original.name:
-            values = np.zeros(shape, np.float32)          # a bias the compile added (bias correction)
-        else:
-            return [], f"input {index} has no constant float value before quantisation"
-        if tuple(values.shape) != shape:
-            return [], f"input {index}: quantised shape {shape} differs from float shape {values.shape}"
-        found.append((index, values))
-    return found, ""
-
-
-class SwitchableModel:
-    """The switchable graph S of the module docstring, with an ORT session (no graph optimisation)."""
-
-    def __init__(self, reference: onnx.ModelProto, quantized: onnx.ModelProto, node_names: Sequence[str],
-                 fusable: frozenset[str]) -> None:
-        graph = gs.import_onnx(quantized)
-        reference_nodes = {n.name: n for n in gs.import_onnx(reference).nodes}
-        nodes = {n.name: n for n in graph.nodes}
-        points = _activation_points(graph)
-        by_dq = {p.dq_out.name: p for p in points}
-        by_x = {p.x.name: p for p in points}
-        self.layers: list[_Layer] = []
-        self.unmeasured: list[dict[str, str]] = []
-        weight_plan: list[tuple[_Layer, gs.Node, list[tuple[int, np.ndarray]]]] = []
-        for name in node_names:
-            node, reference_node = nodes.get(name), reference_nodes.get(name)
-            if node is None or reference_node is None:
-                self.unmeasured.append({"name": name, "reason": "not in the main graph before and after quantisation"})
-                continue
-            weights, reason = _float_weights(node, reference_node)
-            if node.op == "Gather" and isinstance(node.inputs[0], gs.Constant) \
-                    and node.inputs[0].values.dtype.kind in "iu":
-                reason = "gathers from an int8 table (integer output; its error shows in the model outputs)"
-            if reason:
-                self.unmeasured.append({"name": name, "reason": reason})
-                continue
-            layer = _Layer(name=name, op=node.op, switch=f"qcompile_switch_n{len(self.layers)}", group=set())
-            layer.group.add(layer.switch)
-            inputs = [by_dq[t.name] for t in node.inputs if isinstance(t, gs.Variable) and t.name in by_dq]
-            layer.group.update(p.switch for p in inputs)
-            layer.input_point = by_dq.get(node.inputs[0].name) if node.inputs else None
-            out_point = _output_point(node, by_x, fusable)
-            if out_point is not None:
-                layer.group.add(out_point.switch)
-            layer.output = out_point.dq_out.name if out_point is not None else node.outputs[0].name
-            self.layers.append(layer)
-            weight_plan.append((layer, node, weights))
-
-        for point in points:
-            _switch_point(graph, point)
-        for layer, node, weights in weight_plan:
-            switch = gs.Variable(layer.switch, dtype=np.bool_, shape=())
-            graph.inputs.append(switch)
-            for index, values in weights:
-                layer.weights[index] = (values, _switch_weight(graph, node, index, values, switch))
-
-        self.output_names = [t.name for t in graph.outputs]
-        self.switches = [p.switch for p in points] + [layer.switch for layer in self.layers]
-        self.points = points
-        tensors = graph.tensors()
-        exposed = {layer.output for layer in self.layers} | {
-            layer.input_point.x.name for layer in self.layers if layer.input_point is not None}
-        for name in sorted(exposed - set(self.output_names)):
-            tensor = tensors[name]
-            if tensor.dtype is None:
-                tensor.dtype = np.float32
-            graph.outputs.append(tensor)
-        model = gs.export_onnx(graph, do_type_check=False)
-        self.session = make_session(model, optimization=OPT)
-
-    def run(self, names: Sequence[str], feed: Mapping[str, np.ndarray], on: Iterable[str]) -> dict[str, np.ndarray]:
-        """The named tensors on ``feed`` with the switches in ``on`` on and every other switch off."""
-        on = set(on)
-        feeds = dict(feed)
-        feeds.update({s: np.array(s in on) for s in self.switches})
-        unique = list(dict.fromkeys(names))
-        try:
-            return dict(zip(unique, self.session.run(unique, feeds)))
-        except Exception as exc:  # ORT's pybind errors derive from Exception only
-            raise UnsupportedModelError(f"per-layer analysis: onnxruntime failed on the switchable graph: "
-                                        f"{ort_error_line(exc)}") from exc
-
-    def group_switches(self, quantized: Iterable[str]) -> set[str]:
-        """Switches on in the model compiled with only the named layers quantised (other points stay on only
-        if no layer owns them, i.e. they belong to nodes this analysis does not measure)."""
-        keep = set(quantized)
-        owned = set().union(*(layer.group for layer in self.layers)) if self.layers else set()
-        on = set(self.switches) - owned
-        for layer in self.layers:
-            if layer.name in keep:
-                on |= layer.group
-        return on
-
-    def output_sqnr(self, items: Iterable[Mapping[str, np.ndarray]], quantized: Iterable[str]) -> dict[str, Any]:
-        """Output SQNR of every layer with only the named layers quantised (after a fallback)."""
-        on = self.group_switches(quantized)
-        stats = {layer.name: _Stats() for layer in self.layers}
-        names = [layer.output for layer in self.layers]
-        for feed in items:
-            off, later = self.run(names, feed, ()), self.run(names, feed, on)
-            for layer in self.layers:
-                _accumulate(stats[layer.name], off[layer.output], later[layer.output])
-        return {name: sqnr_db(s.signal, s.noise) for name, s in stats.items()}
-
-    def analyse(self, items: Iterable[Mapping[str, np.ndarray]], sensitivity: bool) -> dict[str, Any]:
-        """Per-layer SQNRs, and with ``sensitivity`` each layer's sensitivity and rank, over ``items``."""
-        start = time.perf_counter()
-        outputs = {layer.name: _Stats() for layer in self.layers}
-        inputs = {layer.name: _Stats() for layer in self.layers}
-        clipped = {layer.name: [0, 0] for layer in self.layers}
-        histograms: dict[str, np.ndarray] = {}
-        weights = {layer.name: _weight_sqnr(layer) for layer in self.layers}
-        single = {layer.name: FidelityAccumulator() for layer in self.layers}
-        layer_outputs = [layer.output for layer in self.layers]
-        input_names = [layer.input_point.x.name for layer in self.layers if layer.input_point is not None]
-        count = rows = 0
-        for feed in items:
-            off = self.run(self.output_names + layer_outputs + input_names, feed, ())
-            on = self.run(self.output_names + layer_outputs, feed, self.switches)
-            for layer in self.layers:
-                _accumulate(outputs[layer.name], off[layer.output], on[layer.output])
-                point = layer.input_point
-                if point is not None and point.scale:
-                    x = off[point.x.name]
-                    dequantized, codes = fake_quantize(x, point.scale, point.zero_point, point.qmin, point.qmax)
-                    _accumulate(inputs[layer.name], x, dequantized)
-                    counts = code_histogram(codes, point.qmin, point.qmax)
-                    histograms[layer.name] = histograms.get(layer.name, 0) + counts
-                    clipped[layer.name][0] += int(counts[-2] + counts[-1])
-                    clipped[layer.name][1] += x.size
-            if sensitivity:
-                for layer in self.layers:
-                    single_out = self.run(self.output_names, feed, layer.group)
-                    for name in self.output_names:
-                        single[layer.name].add(name, off[name], single_out[name])
-            count += 1
-            rows += _rows(feed)
-        nodes = []
-        for layer in self.layers:
-            entry: dict[str, Any] = {"name": layer.name, "op_type": layer.op, "output": layer.output,
-                                     "output_sqnr_db": sqnr_db(outputs[layer.name].signal, outputs[layer.name].noise),
-                                     "weight_sqnr_db": weights.get(layer.name)}
-            if layer.input_point is not None and layer.input_point.scale:
-                stats = inputs[layer.name]
-                entry.update(input=layer.input_point.x.name, input_sqnr_db=sqnr_db(stats.signal, stats.noise),
-                             input_clipped_fraction=clipped[layer.name][0] / max(clipped[layer.name][1], 1))
-            if sensitivity:
-                entry["sensitivity"] = _sensitivity(single[layer.name])
-            nodes.append(entry)
+def analyse_layers(model: SwitchableModel, items: Iterable[Mapping[str, np.ndarray]],
+                   sensitivity: bool) -> dict[str, Any]:
+    """Per-layer SQNRs, and with ``sensitivity`` each layer's sensitivity and rank, over ``items``."""
+    start = time.perf_counter()
+    outputs = {layer.name: _Stats() for layer in model.layers}
+    inputs = {layer.name: _Stats() for layer in model.layers}
+    clipped = {layer.name: [0, 0] for layer in model.layers}
+    histograms: dict[str, np.ndarray] = {}
+    weights = {layer.name: _weight_sqnr(layer) for layer in model.layers}
+    single = {layer.name: FidelityAccumulator() for layer in model.layers}
+    layer_outputs = [layer.output for layer in model.layers]
+    input_names = [layer.input_point.x.name for layer in model.layers if layer.input_point is not None]
+    count = rows = 0
+    for feed in items:
+        off = model.run(model.output_names + layer_outputs + input_names, feed, ())
+        on = model.run(model.output_names + layer_outputs, feed, model.switches)
+        for layer in model.layers:
+            _accumulate(outputs[layer.name], off[layer.output], on[layer.output])
+            point = layer.input_point
+            if point is not None and point.scale:
+                x = off[point.x.name]
+                dequantized, codes = fake_quantize(x, point.scale, point.zero_point, point.qmin, point.qmax)
+                _accumulate(inputs[layer.name], x, dequantized)
+                counts = code_histogram(codes, point.qmin, point.qmax)
+                histograms[layer.name] = histograms.get(layer.name, 0) + counts
+                clipped[layer.name][0] += int(counts[-2] + counts[-1])
+                clipped[layer.name][1] += x.size
         if sensitivity:
-            ranked = sorted(nodes, key=lambda e: -e["sensitivity"]["relative_error"])
-            for rank, entry in enumerate(ranked, start=1):
-                entry["sensitivity_rank"] = rank
-        return {
-            "items": count, "rows": rows, "seconds": round(time.perf_counter() - start, 3),
-            "nodes": nodes, "unmeasured": list(self.unmeasured),
-            "histograms": self._histogram_json(nodes, histograms),
-        }
+            for layer in model.layers:
+                single_out = model.run(model.output_names, feed, layer.group)
+                for name in model.output_names:
+                    single[layer.name].add(name, off[name], single_out[name])
+        count += 1
+        rows += _rows(feed)
+    nodes = []
+    for layer in model.layers:
+        output = outputs[layer.name]
+        entry: dict[str, Any] = {"name": layer.name, "op_type": layer.op, "output": layer.output,
+                                 "output_sqnr_db": sqnr_db_from_power(output.signal, output.noise),
+                                 "weight_sqnr_db": weights.get(layer.name)}
+        if layer.input_point is not None and layer.input_point.scale:
+            stats = inputs[layer.name]
+            entry.update(input=layer.input_point.x.name,
+                         input_sqnr_db=sqnr_db_from_power(stats.signal, stats.noise),
+                         input_clipped_fraction=clipped[layer.name][0] / max(clipped[layer.name][1], 1))
+        if sensitivity:
+            entry["sensitivity"] = _sensitivity(single[layer.name])
+        nodes.append(entry)
+    if sensitivity:
+        ranked = sorted(nodes, key=lambda e: -e["sensitivity"]["relative_error"])
+        for rank, entry in enumerate(ranked, start=1):
+            entry["sensitivity_rank"] = rank
+    return {
+        "items": count, "rows": rows, "seconds": round(time.perf_counter() - start, 3),
+        "nodes": nodes, "unmeasured": list(model.unmeasured),
+        "histograms": _histogram_json(model, nodes, histograms),
+    }
 
-    def _histogram_json(self, nodes: list[dict], histograms: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-        def worst(entry: dict) -> float:
-            value = entry.get("output_sqnr_db")
-            return math.inf if value is None or value == "inf" else float(value)
-        chosen = [e for e in sorted(nodes, key=worst) if e["name"] in histograms][:HISTOGRAM_TENSORS]
-        layers = {layer.name: layer for layer in self.layers}
-        out = []
-        for entry in chosen:
-            point = layers[entry["name"]].input_point
-            counts = histograms[entry["name"]]
-            bins = [int(c.sum()) for c in np.array_split(counts[:-2], min(HISTOGRAM_BINS, len(counts) - 2))]
-            out.append({"node": entry["name"], "tensor": point.x.name, "scale": point.scale,
-                        "zero_point": point.zero_point,
-                        "low": point.scale * (point.qmin - point.zero_point),
-                        "high": point.scale * (point.qmax - point.zero_point),
-                        "counts": bins, "below": int(counts[-2]), "above": int(counts[-1])})
-        return out
+
+def output_sqnr(model: SwitchableModel, items: Iterable[Mapping[str, np.ndarray]],
+                quantized: Iterable[str]) -> dict[str, Any]:
+    """Output SQNR of every layer with only the named layers quantised (after a fallback)."""
+    on = model.group_switches(quantized)
+    stats = {layer.name: _Stats() for layer in model.layers}
+    names = [layer.output for layer in model.layers]
+    for feed in items:
+        off, later = model.run(names, feed, ()), model.run(names, feed, on)
+        for layer in model.layers:
+            _accumulate(stats[layer.name], off[layer.output], later[layer.output])
+    return {name: sqnr_db_from_power(s.signal, s.noise) for name, s in stats.items()}
 
 
-def _weight_sqnr(layer: _Layer) -> float | str | None:
+def _histogram_json(model: SwitchableModel, nodes: list[dict],
+                    histograms: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    def worst(entry: dict) -> float:
+        value = entry.get("output_sqnr_db")
+        return math.inf if value is None or value == "inf" else float(value)
+    chosen = [e for e in sorted(nodes, key=worst) if e["name"] in histograms][:HISTOGRAM_TENSORS]
+    layers = {layer.name: layer for layer in model.layers}
+    out = []
+    for entry in chosen:
+        point = layers[entry["name"]].input_point
+        counts = histograms[entry["name"]]
+        bins = [int(c.sum()) for c in np.array_split(counts[:-2], min(HISTOGRAM_BINS, len(counts) - 2))]
+        out.append({"node": entry["name"], "tensor": point.x.name, "scale": point.scale,
+                    "zero_point": point.zero_point,
+                    "low": point.scale * (point.qmin - point.zero_point),
+                    "high": point.scale * (point.qmax - point.zero_point),
+                    "counts": bins, "below": int(counts[-2]), "above": int(counts[-1])})
+    return out
+
+
+def _weight_sqnr(layer: SwitchedLayer) -> float | str | None:
     """SQNR of the weight (input 1) alone: a bias would dominate the signal without saying much."""
     values, dequantized = layer.weights.get(1, (None, None))
     if values is None or dequantized is None or dequantized.shape != values.shape:
         return None
     stats = _Stats()
     _accumulate(stats, values, dequantized)
-    return sqnr_db(stats.signal, stats.noise)
+    return sqnr_db_from_power(stats.signal, stats.noise)
 
 
 def _accumulate(stats: _Stats, reference: np.ndarray, approx: np.ndarray) -> None:
-    # float64: float32 sums overflow on large activations; no BLAS dot: its threads stall on a busy machine
-    reference = np.asarray(reference, np.float64)
-    stats.signal += float(np.sum(np.square(reference)))
-    stats.noise += float(np.sum(np.square(reference - np.asarray(approx, np.float64))))
+    signal, noise = power_sums(reference, approx)
+    stats.signal += signal
+    stats.noise += noise
 
 
 def _rows(feed: Mapping[str, np.ndarray]) -> int:
@@ -410,7 +166,8 @@ def _rows(feed: Mapping[str, np.ndarray]) -> int:
 def _sensitivity(accumulator: FidelityAccumulator) -> dict[str, Any]:
     signal, noise = sum(accumulator.signal.values()), sum(accumulator.noise.values())
     summary = accumulator.summary()
-    result: dict[str, Any] = {"relative_error": relative_error(signal, noise), "sqnr_db": sqnr_db(signal, noise),
+    result: dict[str, Any] = {"relative_error": relative_error_from_power(signal, noise),
+                              "sqnr_db": sqnr_db_from_power(signal, noise),
                               "cosine_mean": min((s["cosine_mean"] for s in summary.values()), default=None)}
     top1 = [s["top1_agreement"] for s in summary.values() if "top1_agreement" in s]
     if top1:

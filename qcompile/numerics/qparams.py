@@ -143,18 +143,6 @@ def weight_range(weight: np.ndarray, axis: int | None) -> TensorRange:
     return TensorRange(moved.min(axis=1), moved.max(axis=1))
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio 10·log10(Σx² / Σ(x - x̂)²) in dB (inf when exact)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    noise = float(np.sum((ref - np.asarray(approx, dtype=np.float64)) ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return 10.0 * np.log10(signal / noise)
-
-
 BIAS_INT32_LIMIT = 2 ** 30
 
 

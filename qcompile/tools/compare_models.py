@@ -4,8 +4,8 @@
 
 Both models run on the same items of --data (a folder in any --calib format, or an .npz of arrays keyed by
 input name, split along axis 0) with ORT's CPU EP and full graph optimisation. Fidelity per output as in
-qcompile/evaluation.py (cosine, SQNR, relative error, max |error|, top-1 agreement for logits); latency batch 1,
-interleaved rounds, one thread by default (evaluation.measure_latency).
+qcompile/accuracy/fidelity.py (cosine, SQNR, relative error, max |error|, top-1 agreement for logits); latency
+batch 1, interleaved rounds, one thread by default (qcompile/accuracy/latency.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qcompile.api import model_input_specs
 from qcompile.errors import UnsupportedModelError
-from qcompile.accuracy.evaluation import compare_outputs, load_eval_data, measure_latency, run_outputs
+from qcompile.data import load_eval_data, model_input_specs
+from qcompile.accuracy.fidelity import compare_outputs, run_outputs
+from qcompile.accuracy.latency import measure_latency
 from qcompile.io import load_model
 
 

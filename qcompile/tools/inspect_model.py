@@ -1,10 +1,11 @@
 """qcompile inspect: what the compiler sees in a model and what it would quantise, without calibration data.
 
-The model goes through the compile's prepare step (no data: naming, shape inference, constant and BatchNorm
-folding) and then through the same selection and Q/DQ planning the quantize step makes, in the main graph and
-in every If/Loop/Scan body. Each compute node is reported as "quantize" or "float" with the reason the plan
-gives. What the plan cannot know without data — a body that never runs on the calibration data stays float —
-is not predicted; the opset upgrade per-channel weights need is noted, not performed.
+The model goes through the compile's own preparation (qcompile/preparation.py: the target's defaults and the
+opset upgrade, so both see the same config and model), then the compile's prepare step (no data: naming,
+shape inference, constant and BatchNorm folding) and then through the same selection and Q/DQ planning the
+quantize step makes, in the main graph and in every If/Loop/Scan body. Each compute node is reported as
+"quantize" or "float" with the reason the plan gives. What the plan cannot know without data — a body that
+never runs on the calibration data stays float — is not predicted.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from qcompile.io import LoadedModel, load_model
 from qcompile.pass_infra import PassContext, StatRequest, run_steps
 from qcompile.passes.quantize.insert_qdq import plan_quantization
 from qcompile.passes.quantize.quantize_subgraphs import graph_scopes
-from qcompile.passes.prepare.upgrade_opset import PER_CHANNEL_MIN_OPSET, default_opset
 from qcompile.pipeline import build_steps
-from qcompile.runtime_ext.target import resolve_profile
+from qcompile.preparation import prepare_compile
 from qcompile.selection import COMPUTE_OPS, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -43,11 +43,11 @@ def _no_data(graph: gs.Graph, requests: list[StatRequest]):
 
 def inspect_model(model: str | bytes | onnx.ModelProto, config: CompileConfig | None = None) -> dict[str, Any]:
     """Op histogram, inputs/outputs and the per-node quantisation plan for ``model`` under ``config``."""
-    config = config or CompileConfig()
     loaded: LoadedModel = load_model(model)
     proto = loaded.model
-    profile = resolve_profile(config.target)
-    graph = gs.import_onnx(proto)
+    prepared = prepare_compile(proto, config or CompileConfig())    # what compile does first
+    config, profile = prepared.config, prepared.profile
+    graph = gs.import_onnx(prepared.model)
     prepare = [step for step in build_steps(config) if step.name == "prepare"]
     ctx = PassContext(config=config, target=profile)
     run_steps(graph, prepare, ctx, _no_data)
@@ -66,10 +66,7 @@ def inspect_model(model: str | bytes | onnx.ModelProto, config: CompileConfig | 
                 op, reason = plan.skipped.get(node.name, (node.op, selections[node.name].reason))
                 nodes.append({"name": node.name, "op_type": op, "plan": "float", "scope": scope.owner,
                               "reason": reason})
-    opset = default_opset(proto)
-    notes = list(ctx.warnings)
-    if opset < PER_CHANNEL_MIN_OPSET:
-        notes.append(f"opset {opset}: compile upgrades to {PER_CHANNEL_MIN_OPSET} for per-channel weights")
+    notes = [note for note in (prepared.target_note, prepared.opset_note) if note] + list(ctx.warnings)
     parameters = sum(int(t.values.size) for t in graph.tensors().values() if isinstance(t, gs.Constant))
     return {
         "path": str(loaded.path) if loaded.path else None,

@@ -1,0 +1,197 @@
+"""Reading calibration files: folder listing, .npz / .npy arrays and their headers, images.
+
+A folder's files are taken in name order; subfolders and files of other kinds are ignored and mixing kinds is
+an error. ``np.load`` always runs with ``allow_pickle=False``; header reads (shape only) never load an array.
+
+An image becomes one float32 sample  x = (pixels / 255 − mean) / std  per channel, in the model's layout (NCHW or
+NHWC) with a leading batch of 1: EXIF orientation applied, converted to RGB (3 channels) or L (1), resized
+bilinearly to the model's fixed height and width (or the configured size).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from qcompile.config import ImageLayout, ImageOptions
+from qcompile.data.specs import Feed, InputSpec, data_error, format_names, format_shape
+from qcompile.data.validate import FeedValidator
+
+logger = logging.getLogger(__name__)
+
+
+class FileKind(enum.Enum):
+    """One kind of calibration file; the value is how messages name it."""
+
+    NPZ = ".npz"
+    NPY = ".npy"
+    IMAGE = "image"
+
+
+KIND_BY_SUFFIX = {".npz": FileKind.NPZ, ".npy": FileKind.NPY, ".png": FileKind.IMAGE, ".jpg": FileKind.IMAGE,
+                  ".jpeg": FileKind.IMAGE}
+
+
+def scan_folder(folder: Path) -> tuple[FileKind, list[Path]]:
+    """The one kind of calibration file in ``folder`` and its files in name order."""
+    if not folder.exists():
+        raise data_error(f"calibration folder {folder} does not exist")
+    if not folder.is_dir():
+        raise data_error(f"calibration data {folder} is not a folder (expected a folder of .npz, .npy or image "
+                         "files)")
+    try:
+        entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
+    except OSError as exc:
+        raise data_error(f"cannot list calibration folder {folder}: {exc.strerror or exc}") from None
+    by_kind: dict[FileKind, list[Path]] = {}
+    for entry in entries:
+        kind = KIND_BY_SUFFIX.get(Path(entry.name).suffix.lower())
+        if kind is None:
+            logger.debug("ignoring %s: not a calibration file", entry.path)
+            continue
+        by_kind.setdefault(kind, []).append(Path(entry.path))
+    if not by_kind:
+        raise data_error(f"calibration folder {folder} is empty: no .npz, .npy, .png, .jpg or .jpeg files")
+    if len(by_kind) > 1:
+        counts = ", ".join(f"{len(paths)} {kind.value}"
+                           for kind, paths in sorted(by_kind.items(), key=lambda kv: kv[0].name))
+        raise data_error(f"calibration folder {folder} mixes file kinds ({counts}); keep one kind per folder")
+    (kind, paths), = by_kind.items()
+    return kind, paths
+
+
+def load_npz(path: Path, validator: FeedValidator) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, its names checked against the model's inputs before any array is read."""
+    where = f"file {path}"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise data_error(f"{where}: unreadable or corrupt .npz file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise data_error(f"{where}: not a .npz archive (found a single array; name it .npy)")
+    with loaded:
+        validator.names(loaded.files, where, "file")
+        out = {}
+        for key in loaded.files:
+            try:
+                out[key] = loaded[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+                raise data_error(f"{where}: array '{key}' cannot be read without pickle or is corrupt "
+                                 f"({type(exc).__name__}: {exc})") from None
+        return out
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """The array of an .npy file."""
+    where = f"file {path}"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise data_error(f"{where}: unreadable or corrupt .npy file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise data_error(f"{where}: not a .npy array (found a .npz archive; name it .npz)")
+    return loaded
+
+
+def _header_shape(fp: Any) -> tuple[int, ...]:
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, _ = np.lib.format.read_array_header_1_0(fp)
+    else:
+        shape, _, _ = np.lib.format.read_array_header_2_0(fp)
+    return tuple(shape)
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every array in an .npz file, from the headers."""
+    shapes = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as fp:
+                    shapes[info.filename[:-4]] = _header_shape(fp)
+    return shapes
+
+
+def npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape of the array in an .npy file, from its header."""
+    with open(path, "rb") as fp:
+        return _header_shape(fp)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """How every image of a folder becomes the model's one input."""
+
+    name: str
+    mode: str              # "RGB" or "L"
+    size: tuple[int, int]  # (h, w)
+    mean: np.ndarray
+    std: np.ndarray
+    layout: ImageLayout
+
+
+def image_plan(specs: Sequence[InputSpec], image: ImageOptions, folder: Path) -> ImagePlan:
+    """The plan for a model with one float input of rank 4, or a one-line error saying why images cannot feed it."""
+    where = f"calibration folder {folder} holds images"
+    if len(specs) != 1:
+        raise data_error(f"{where}, but the model has {len(specs)} inputs {format_names(s.name for s in specs)}; "
+                         "images feed models with one float input of rank 4 (use .npz files)")
+    spec = specs[0]
+    if spec.dtype.kind != "f" or spec.shape is None or len(spec.shape) != 4:
+        raise data_error(f"{where}, but input '{spec.name}' is {spec.dtype} {format_shape(spec.shape)}; "
+                         "images need one float input of rank 4 (use .npz files)")
+    if image.layout is ImageLayout.NCHW:
+        channels, h, w = spec.shape[1], spec.shape[2], spec.shape[3]
+    else:
+        h, w, channels = spec.shape[1], spec.shape[2], spec.shape[3]
+    if isinstance(channels, int) and channels not in (1, 3):
+        raise data_error(f"{where}, but input '{spec.name}' {format_shape(spec.shape)} has {channels} channels in "
+                         f"layout {image.layout.value}; images give 1 (L) or 3 (RGB)")
+    n_channels = 1 if channels == 1 else 3
+    if image.size is not None:
+        size = (int(image.size[0]), int(image.size[1]))
+    elif isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        size = (h, w)
+    else:
+        raise data_error(f"{where}, but input '{spec.name}' {format_shape(spec.shape)} does not fix height and "
+                         "width; set the image size")
+    mean = np.asarray(image.mean, dtype=np.float32)
+    std = np.asarray(image.std, dtype=np.float32)
+    if len(mean) != n_channels:
+        if len(mean) >= 1 and np.all(mean == mean[0]) and np.all(std == std[0]):
+            mean, std = mean[:1].repeat(n_channels), std[:1].repeat(n_channels)
+        else:
+            raise data_error(f"{where}: image mean/std have {len(mean)} values but input '{spec.name}' takes "
+                             f"{n_channels} channel(s)")
+    return ImagePlan(spec.name, "L" if n_channels == 1 else "RGB", size, mean, std, image.layout)
+
+
+def load_image(path: Path, plan: ImagePlan) -> Feed:
+    """One image as the feed ``{input: x}`` of the module docstring."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img = img.convert(plan.mode)
+            h, w = plan.size
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise data_error(f"file {path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    x = (pixels / 255.0 - plan.mean) / plan.std          # HWC
+    if plan.layout is ImageLayout.NCHW:
+        x = x.transpose(2, 0, 1)
+    return {plan.name: np.ascontiguousarray(x[None], dtype=np.float32)}

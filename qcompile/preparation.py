@@ -1,0 +1,99 @@
+"""What a compile decides before any pass runs; compile and inspect both call prepare_compile, so they agree.
+
+    profile = resolve_profile(config.target)
+    config' = apply_target_defaults(config, profile)             e.g. cuda: w8a8 -> w4a16
+    opset   : v = the model's default-domain opset                (plan_opset)
+              weight-only, v < 21     → upgrade to 21 (blocked DequantizeLinear, INT4/UINT4); no fallback
+              v < 10                  → upgrade to 13 (no QuantizeLinear before opset 10); no fallback
+              v < 13, per-channel     → upgrade to 13 (DequantizeLinear's axis); if the converter cannot,
+                                        per-tensor weights instead, which every opset ≥ 10 accepts
+              otherwise               → the model as it is
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from qcompile.config import CompileConfig, Granularity
+from qcompile.errors import UnsupportedModelError
+from qcompile.passes.prepare.upgrade_opset import (PER_CHANNEL_MIN_OPSET, QDQ_MIN_OPSET, default_opset,
+                                                   upgrade_default_opset)
+from qcompile.runtime_ext.target import apply_target_defaults, resolve_profile
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_ONLY_MIN_OPSET = 21     # blocked DequantizeLinear and INT4/UINT4 tensors exist from opset 21
+
+
+class OpsetNeed(enum.Enum):
+    """Why the model's opset is raised, which decides what happens when the converter fails."""
+
+    NONE = "none"
+    WEIGHT_ONLY = "weight-only"       # required: no per-tensor form for blocked weights
+    QDQ = "qdq"                       # required: no QuantizeLinear below opset 10
+    PER_CHANNEL = "per-channel"       # optional: per-tensor weights instead
+
+
+@dataclass(frozen=True)
+class OpsetPlan:
+    current: int
+    target: int
+    need: OpsetNeed
+
+
+def plan_opset(model: onnx.ModelProto, config: CompileConfig) -> OpsetPlan:
+    """The opset the compile converts ``model`` to under ``config`` (the table in the module docstring)."""
+    opset = default_opset(model)
+    if config.preset.weight_only_bits is not None and opset < WEIGHT_ONLY_MIN_OPSET:
+        return OpsetPlan(opset, WEIGHT_ONLY_MIN_OPSET, OpsetNeed.WEIGHT_ONLY)
+    if opset < QDQ_MIN_OPSET:
+        return OpsetPlan(opset, PER_CHANNEL_MIN_OPSET, OpsetNeed.QDQ)
+    if opset < PER_CHANNEL_MIN_OPSET and config.weight.granularity is Granularity.CHANNEL:
+        return OpsetPlan(opset, PER_CHANNEL_MIN_OPSET, OpsetNeed.PER_CHANNEL)
+    return OpsetPlan(opset, opset, OpsetNeed.NONE)
+
+
+def prepare_opset(model: onnx.ModelProto, config: CompileConfig) -> tuple[onnx.ModelProto, CompileConfig, str]:
+    """(model at the planned opset, config, note for the report); per-tensor weights if an optional upgrade
+    fails, a one-line UnsupportedModelError if a required one does."""
+    plan = plan_opset(model, config)
+    upgrade = f"upgraded opset {plan.current} -> {plan.target}"
+    if plan.need is OpsetNeed.NONE:
+        return model, config, ""
+    if plan.need is OpsetNeed.WEIGHT_ONLY:
+        return upgrade_default_opset(model, plan.target), config, f"{upgrade} for blocked weight-only quantisation"
+    try:
+        upgraded = upgrade_default_opset(model, plan.target)
+    except UnsupportedModelError as exc:
+        if plan.need is OpsetNeed.QDQ:
+            raise UnsupportedModelError(f"opset {plan.current} has no QuantizeLinear and {exc}") from None
+        note = f"{exc}; using per-tensor weights instead"
+        logger.warning(note)
+        return model, dataclasses.replace(config, weight=dataclasses.replace(
+            config.weight, granularity=Granularity.TENSOR)), note
+    return upgraded, config, upgrade if plan.need is OpsetNeed.QDQ else f"{upgrade} for per-channel weights"
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """The target profile, the config after the target's defaults, and the model the passes start from."""
+
+    profile: object
+    config: CompileConfig
+    model: onnx.ModelProto
+    target_note: str     # what the target's defaults changed (the report's target.note)
+    opset_note: str      # the opset upgrade or its fallback (a report warning)
+
+
+def prepare_compile(model: onnx.ModelProto, config: CompileConfig) -> Preparation:
+    """Target profile and defaults, then the opset (module docstring)."""
+    profile = resolve_profile(config.target)
+    config, target_note = apply_target_defaults(config, profile)
+    working, config, opset_note = prepare_opset(model, config)
+    return Preparation(profile=profile, config=config, model=working, target_note=target_note,
+                       opset_note=opset_note)
