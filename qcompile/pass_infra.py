@@ -4,6 +4,12 @@ A pipeline is a list of steps; a step is a list of passes. Before a step runs, t
 ``stat_requests`` is gathered in ONE streaming pass over the calibration data on the graph as it stands at
 that step. Statistics are cached in the context and dropped when a pass reports ``modified=True`` (a coarse
 version of LLVM's analysis manager: any change invalidates every analysis).
+
+Each pass declares the graph properties it ``requires`` and those it ``ensures`` (as onnx_ir's passes state
+their pre- and postconditions). ``run_steps`` keeps the set P of properties that hold: before a pass p it
+checks requires(p) ⊆ P, else the pipeline order is wrong and a PassError names p; after it,
+
+    P ← (P − invalidates(p)) ∪ ensures(p)   if p modified the graph,   P ← P ∪ ensures(p)   otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, ClassVar, Iterable, Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -22,6 +28,16 @@ from qcompile.errors import PassError, QCompileError
 from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
+
+
+class GraphProperty(enum.Enum):
+    """A fact about the graph that a pass ensures and later passes may rely on."""
+
+    NAMED_NODES = "named_nodes"                # every node (bodies included) has a unique name
+    SHAPES_INFERRED = "shapes_inferred"        # tensors carry the element types and shapes ONNX can infer
+    CONSTANTS_FOLDED = "constants_folded"      # no node left whose inputs are all constant
+    BODY_INPUTS_LOCAL = "body_inputs_local"    # body compute nodes read body-owned activations
+    QUANTIZED = "quantized"                    # the quantize step has rewritten the selected nodes
 
 
 class StatKind(enum.Enum):
@@ -104,7 +120,16 @@ class PassRecord:
 
 
 class GraphPass(abc.ABC):
-    """A graph transformation. ``run`` mutates the graph in place; ``__call__`` adds timing and error tagging."""
+    """A graph transformation. ``run`` mutates the graph in place; ``__call__`` adds timing and error tagging.
+
+    ``requires``: properties that must hold before the pass runs; ``ensures``: properties that hold after it;
+    ``invalidates``: properties a run that modifies the graph no longer guarantees (by default the inferred
+    shapes: new tensors may lack them). See the module docstring for how run_steps uses them.
+    """
+
+    requires: ClassVar[frozenset[GraphProperty]] = frozenset()
+    ensures: ClassVar[frozenset[GraphProperty]] = frozenset()
+    invalidates: ClassVar[frozenset[GraphProperty]] = frozenset({GraphProperty.SHAPES_INFERRED})
 
     @property
     def name(self) -> str:
@@ -137,6 +162,8 @@ class RepeatUntilStable(GraphPass):
     def __init__(self, passes: Sequence[GraphPass], max_rounds: int = 4) -> None:
         self.passes = tuple(passes)
         self.max_rounds = max_rounds
+        # the group needs what a member needs and no earlier member ensures; it ensures what any member does
+        self.requires, self.ensures, self.invalidates = _group_properties(self.passes)
 
     @property
     def name(self) -> str:
@@ -160,6 +187,43 @@ class RepeatUntilStable(GraphPass):
         return PassResult(modified=modified_any, stats=totals)
 
 
+def _group_properties(passes: Sequence[GraphPass]
+                      ) -> tuple[frozenset[GraphProperty], frozenset[GraphProperty], frozenset[GraphProperty]]:
+    """(requires, ensures, invalidates) of a sequence of passes run as one."""
+    requires: set[GraphProperty] = set()
+    held: set[GraphProperty] = set()
+    invalidated: set[GraphProperty] = set()
+    for graph_pass in passes:
+        requires |= graph_pass.requires - held
+        held = (held - graph_pass.invalidates) | graph_pass.ensures
+        invalidated = (invalidated | graph_pass.invalidates) - graph_pass.ensures
+    return frozenset(requires), frozenset(held), frozenset(invalidated)
+
+
+def check_requirements(graph_pass: GraphPass, held: set[GraphProperty], step: str) -> None:
+    """PassError naming the pass when a property it requires was not ensured by an earlier pass."""
+    missing = graph_pass.requires - held
+    if missing:
+        names = ", ".join(sorted(p.value for p in missing))
+        raise PassError(f"pass {graph_pass.name} (step {step}) requires {names}, which no earlier pass ensures "
+                        "(a pipeline-order bug)")
+
+
+def update_properties(graph_pass: GraphPass, held: set[GraphProperty], modified: bool) -> None:
+    """P ← (P − invalidates) ∪ ensures after a modifying run, P ∪ ensures otherwise."""
+    if modified:
+        held -= graph_pass.invalidates
+    held |= graph_pass.ensures
+
+
+def _check_step(step: Step, held: set[GraphProperty]) -> None:
+    """Check a step's passes before any of them (or the calibration for them) runs, assuming each modifies."""
+    planned = set(held)
+    for graph_pass in step.passes:
+        check_requirements(graph_pass, planned, step.name)
+        update_properties(graph_pass, planned, modified=True)
+
+
 class CalibratedPass(GraphPass):
     """A pass that needs statistics gathered on calibration data before it runs."""
 
@@ -178,9 +242,14 @@ Collector = Callable[[gs.Graph, Sequence[StatRequest]], Mapping[StatRequest, Ten
 
 def run_steps(graph: gs.Graph, steps: Iterable[Step], ctx: PassContext, collect: Collector,
               on_step: Callable[[Step], None] | None = None) -> list[PassRecord]:
-    """Run each step's passes in order, collecting the statistics each step declares first."""
+    """Run each step's passes in order, collecting the statistics each step declares first.
+
+    Raises PassError before a pass whose required properties no earlier pass ensured (module docstring).
+    """
     records: list[PassRecord] = []
+    held: set[GraphProperty] = set()
     for step in steps:
+        _check_step(step, held)
         requests: list[StatRequest] = []
         for graph_pass in step.passes:
             if isinstance(graph_pass, CalibratedPass):
@@ -200,6 +269,7 @@ def run_steps(graph: gs.Graph, steps: Iterable[Step], ctx: PassContext, collect:
                                       {"tensors": len(missing)}))
         for graph_pass in step.passes:
             result, seconds = graph_pass(graph, ctx)
+            update_properties(graph_pass, held, result.modified)
             records.append(PassRecord(step.name, graph_pass.name, seconds, result.modified, dict(result.stats)))
             if result.modified:
                 ctx.statistics.clear()

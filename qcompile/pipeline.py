@@ -8,14 +8,16 @@
     quantize  : select nodes, insert Q/DQ in the main graph and every If/Loop/Scan body (activation ranges)
     lower     : keep float Conv/Gemm float in ORT (a Max between a DQ and them), remove what the rewrite left
                 unused, float remainder to float16 where the target profile asks (CUDA)   (no data)
+
+Each pass states the graph properties it requires and ensures (pass_infra.GraphProperty); run_steps rejects
+an order here in which a pass would run before what it requires was ensured.
 """
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
-
 from qcompile.config import CompileConfig
-from qcompile.pass_infra import GraphPass, PassContext, PassResult, RepeatUntilStable, Step
+from qcompile.pass_infra import GraphPass, RepeatUntilStable, Step
+from qcompile.passes.lower.cleanup import CleanupPass
 from qcompile.passes.lower.convert_float16 import ConvertFloat16Pass
 from qcompile.passes.prepare.fold_batchnorm import FoldBatchNormPass
 from qcompile.passes.prepare.fold_constants import FoldConstantsPass
@@ -31,13 +33,6 @@ from qcompile.passes.quantize.weight_only_embedding import WeightOnlyEmbeddingPa
 from qcompile.passes.quantize.quantize_gather import QuantizeGatherPass
 from qcompile.passes.transform.smooth_quant import SmoothQuantPass
 from qcompile.passes.transform.split_outlier_channels import SplitOutlierChannelsPass
-
-
-class CleanupPass(GraphPass):
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        before = len(graph.nodes)
-        graph.cleanup().toposort()
-        return PassResult(modified=len(graph.nodes) != before, stats={"removed": before - len(graph.nodes)})
 
 
 def weight_only_passes(config: CompileConfig) -> tuple[GraphPass, ...]:

@@ -16,9 +16,8 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig, NodeOverride, QuantSpec
 from qcompile.errors import SelectionError
-
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-_PASS_THROUGH_TO_OUTPUT = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+from qcompile.graph.ops import COMPUTE_OPS, DATA_MOVEMENT_OPS
+from qcompile.graph.scopes import all_nodes
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,8 @@ class NodeSelection:
     weight: QuantSpec | None = None
 
 
-def _matches(pattern: str, name: str) -> bool:
+def matches_node(pattern: str, name: str) -> bool:
+    """A selector matches a node name: the exact name, or a regex matching all of it."""
     return pattern == name or re.fullmatch(pattern, name) is not None
 
 
@@ -55,7 +55,7 @@ def reaches_output(tensor: gs.Tensor, outputs: set[str]) -> bool:
             return False
         nxt = tensor.outputs[0]
         is_bias_add = nxt.op in ("Add", "Sub") and any(_is_constant(t) for t in nxt.inputs)
-        if not (is_bias_add or nxt.op in _PASS_THROUGH_TO_OUTPUT) or not nxt.outputs:
+        if not (is_bias_add or nxt.op in DATA_MOVEMENT_OPS) or not nxt.outputs:
             return False
         tensor = nxt.outputs[0]
     return False
@@ -63,7 +63,7 @@ def reaches_output(tensor: gs.Tensor, outputs: set[str]) -> bool:
 
 def all_node_names(graph: gs.Graph) -> list[str]:
     """Names of the nodes of ``graph`` and of every (nested) If/Loop/Scan body."""
-    return [n.name for n in graph.nodes] + [n.name for body in graph.subgraphs(recursive=True) for n in body.nodes]
+    return [n.name for n in all_nodes(graph)]
 
 
 def select_nodes(graph: gs.Graph, config: CompileConfig, *, subgraph: bool = False,
@@ -79,10 +79,10 @@ def select_nodes(graph: gs.Graph, config: CompileConfig, *, subgraph: bool = Fal
         return {node.name: _decide(node, config, classifiers) for node in graph.nodes}
     names = all_node_names(graph)
     for pattern in config.exclude:
-        if not any(_matches(pattern, name) for name in names):
+        if not any(matches_node(pattern, name) for name in names):
             raise SelectionError(f"--exclude {pattern!r} matches no node (node names look like {names[:3]})")
     for override in config.overrides:
-        if not any(_matches(override.pattern, name) for name in names):
+        if not any(matches_node(override.pattern, name) for name in names):
             raise SelectionError(f"override pattern {override.pattern!r} matches no node")
     classifiers = set() if config.quantize_classifier or not classifier_rule else classifier_nodes(graph)
     decisions: dict[str, NodeSelection] = {}
@@ -93,7 +93,7 @@ def select_nodes(graph: gs.Graph, config: CompileConfig, *, subgraph: bool = Fal
 
 def _override_for(name: str, overrides: tuple[NodeOverride, ...]) -> NodeOverride | None:
     for override in overrides:
-        if _matches(override.pattern, name):
+        if matches_node(override.pattern, name):
             return override
     return None
 
@@ -102,7 +102,7 @@ def _decide(node: gs.Node, config: CompileConfig, classifiers: set[str]) -> Node
     override = _override_for(node.name, config.overrides)
     if override is not None and override.skip:
         return NodeSelection(False, "excluded by an override")
-    if any(_matches(p, node.name) for p in config.exclude):
+    if any(matches_node(p, node.name) for p in config.exclude):
         return NodeSelection(False, "excluded by --exclude")
     if node.op not in config.op_types:
         if node.op in COMPUTE_OPS:

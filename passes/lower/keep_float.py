@@ -23,24 +23,19 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.graph.ops import BIASED_OPS, WEIGHT_INPUT
+from qcompile.graph.scopes import all_graphs
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
-GUARDED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
-
-
-def _graphs(graph: gs.Graph):
-    yield graph
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            if isinstance(value, gs.Graph):
-                yield from _graphs(value)
+# WeightBiasQuantization rewrites the compute ops that take a bias
+GUARDED_OPS = BIASED_OPS
 
 
 def needs_guard(node: gs.Node) -> bool:
     """A float Conv/ConvTranspose/Gemm (constant float weight) whose input is a DequantizeLinear's output."""
-    if node.op not in GUARDED_OPS or len(node.inputs) < 2:
+    if node.op not in GUARDED_OPS or len(node.inputs) <= WEIGHT_INPUT:
         return False
-    weight = node.inputs[1]
+    weight = node.inputs[WEIGHT_INPUT]
     if not isinstance(weight, gs.Constant) or weight.values.dtype != np.float32:
         return False
     source = node.inputs[0]
@@ -51,9 +46,12 @@ def needs_guard(node: gs.Node) -> bool:
 class KeepFloatPass(GraphPass):
     """Insert x' = Max(x) between a DequantizeLinear and a float Conv/ConvTranspose/Gemm (module docstring)."""
 
+    requires = frozenset({GraphProperty.QUANTIZED})       # it guards what the quantize step left float
+    invalidates = frozenset()      # the guard's output carries its input's type and shape
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter()
-        for body in _graphs(graph):
+        for body in all_graphs(graph):
             for node in [n for n in body.nodes if needs_guard(n)]:
                 source = node.inputs[0]
                 guarded = gs.Variable(f"{node.name}_float_input", dtype=source.dtype, shape=source.shape)

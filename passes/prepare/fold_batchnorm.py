@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
 def fold_bn_into_weights(weight: np.ndarray, bias: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -31,6 +31,11 @@ def fold_bn_into_weights(weight: np.ndarray, bias: np.ndarray, gamma: np.ndarray
 
 
 class FoldBatchNormPass(GraphPass):
+    """BatchNormalization into the Conv/ConvTranspose/Gemm before it (see module docstring)."""
+
+    requires = frozenset({GraphProperty.CONSTANTS_FOLDED})    # BN parameters from Constant nodes are initializers
+    invalidates = frozenset()      # the producer takes over the BN's output tensor
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         folded = 0
         declined = 0

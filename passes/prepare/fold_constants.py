@@ -14,12 +14,17 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 
 
 class FoldConstantsPass(GraphPass):
+    """Evaluate every node whose inputs are all constant (see module docstring)."""
+
+    ensures = frozenset({GraphProperty.CONSTANTS_FOLDED})
+    invalidates = frozenset()      # folded outputs become constants; other tensors keep their annotations
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = len(graph.nodes)
         constants_before = sum(1 for n in graph.nodes if n.op == "Constant")

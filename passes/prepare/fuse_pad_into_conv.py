@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
 def merged_conv_pads(conv_pads: list[int], pad_amounts: np.ndarray) -> list[int] | None:
@@ -30,6 +30,11 @@ def merged_conv_pads(conv_pads: list[int], pad_amounts: np.ndarray) -> list[int]
 
 
 class FusePadIntoConvPass(GraphPass):
+    """Zero Pad before Conv into the Conv's pads (see module docstring)."""
+
+    requires = frozenset({GraphProperty.CONSTANTS_FOLDED})    # pad amounts computed from Shape are constants
+    invalidates = frozenset()      # the Conv's output is unchanged
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         fused = declined = 0
         for pad in [n for n in graph.nodes if n.op == "Pad"]:

@@ -12,20 +12,14 @@ warning, and goes on: the graph keeps what it had, and later passes treat untype
 from __future__ import annotations
 
 import logging
-from typing import Iterator
-
 import onnx
 import onnx_graphsurgeon as gs
 
+from qcompile.graph.scopes import all_graphs as _all_graphs
 from qcompile.graph.weights import weightless_model
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
-
-
-def _all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    yield graph
-    yield from graph.subgraphs(recursive=True)
 
 
 def _all_variables(graph: gs.Graph) -> dict[str, gs.Variable]:
@@ -48,6 +42,11 @@ def first_untyped_node(graph: gs.Graph) -> gs.Node | None:
 
 
 class InferShapesPass(GraphPass):
+    """ONNX shape and type inference over the graph and its bodies (see module docstring)."""
+
+    ensures = frozenset({GraphProperty.SHAPES_INFERRED})
+    invalidates = frozenset()
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         model, _ = weightless_model(graph)
         # infer from scratch: stale intermediate shapes (e.g. unknown dims from before a fold) would be kept

@@ -16,9 +16,9 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
-from qcompile.calibrators.subgraph_outputs import own_tensors
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
-from qcompile.selection import COMPUTE_OPS
+from qcompile.graph.ops import COMPUTE_OPS
+from qcompile.graph.scopes import bodies, own_tensors
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
 def _localize(body: gs.Graph, owner: str, stats: Counter) -> bool:
@@ -44,18 +44,16 @@ def _localize(body: gs.Graph, owner: str, stats: Counter) -> bool:
     return changed
 
 
-def _walk(graph: gs.Graph, stats: Counter) -> bool:
-    changed = False
-    for node in graph.nodes:
-        for key, value in node.attrs.items():
-            if isinstance(value, gs.Graph):
-                changed |= _localize(value, f"{node.name}_{key}", stats)
-                changed |= _walk(value, stats)
-    return changed
-
-
 class LocalizeOuterScopeInputsPass(GraphPass):
+    """An Identity copy in each body of the outer-scope activations its compute nodes read (module docstring)."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES})         # copies are named after their body's owner node
+    ensures = frozenset({GraphProperty.BODY_INPUTS_LOCAL})
+    invalidates = frozenset()      # each copy carries its source's type and shape
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter()
-        changed = _walk(graph, stats)
+        changed = False
+        for body in bodies(graph):
+            changed |= _localize(body.graph, f"{body.node.name}_{body.attr}", stats)
         return PassResult(modified=changed, stats=dict(stats))

@@ -17,7 +17,8 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.graph.scopes import all_graphs
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
 def _bias_of(add: gs.Node, matmul_out: gs.Variable, columns: int) -> np.ndarray | None:
@@ -63,11 +64,16 @@ def _rewrite(graph: gs.Graph, stats: Counter) -> bool:
 
 
 class MatMulAddToGemmPass(GraphPass):
+    """MatMul + bias Add on a matrix -> Gemm (see module docstring)."""
+
+    requires = frozenset({GraphProperty.SHAPES_INFERRED})     # only rank-2 activations are rewritten
+    invalidates = frozenset()      # the Gemm writes the Add's output tensor
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter()
-        changed = _rewrite(graph, stats)
-        for body in graph.subgraphs(recursive=True):
-            changed |= _rewrite(body, stats)
+        changed = False
+        for scope in all_graphs(graph):
+            changed |= _rewrite(scope, stats)
         if changed:
             graph.cleanup().toposort()
         return PassResult(modified=changed, stats=dict(stats))

@@ -11,7 +11,8 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, PassContext, PassResult
+from qcompile.graph.scopes import all_nodes
+from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
 def unique_names(names: list[str], op_types: list[str]) -> list[str]:
@@ -38,9 +39,14 @@ def unique_names(names: list[str], op_types: list[str]) -> list[str]:
 
 
 class NameNodesPass(GraphPass):
+    """Unique names for all nodes, bodies included (see module docstring)."""
+
+    ensures = frozenset({GraphProperty.NAMED_NODES})
+    invalidates = frozenset()
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         # one namespace for the whole model: selectors and the report name nodes inside If/Loop bodies too
-        nodes = list(graph.nodes) + [n for body in graph.subgraphs(recursive=True) for n in body.nodes]
+        nodes = all_nodes(graph)
         old = [n.name for n in nodes]
         new = unique_names(old, [n.op for n in nodes])
         renamed = 0

@@ -28,32 +28,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity, QuantSpec
-from qcompile.errors import UnsupportedModelError
-from qcompile.pass_infra import (CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult, StatKind,
-                                 StatRequest)
-from qcompile.numerics.qparams import (QParams, QuantDType, bias_safe_weight_scale, compute_qparams, dequantize,
-                              quantize, weight_range)
+from qcompile.graph.edits import replace_uses
+from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, WEIGHT_INPUT
+from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
+from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
+                                 StatKind, StatRequest)
+from qcompile.passes.quantize.qdq_math import bias_scale, corrected_bias, int32_bias, weight_qparams
+from qcompile.passes.quantize.qdq_rules import is_activation_matmul, is_float_tensor, unsupported_reason, weight_axis
 from qcompile.selection import NodeSelection, select_nodes
 
 logger = logging.getLogger(__name__)
 
-_FLOAT_TYPES = (np.float32,)
-_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-_BIAS_INPUT = {"Conv": 2, "Gemm": 2}
-
-
-def bias_scale(x_params: QParams, w_params: QParams, node_name: str) -> np.ndarray:
-    """The int32 bias scale s_x · s_w (per channel or scalar), float32.
-
-    Raises UnsupportedModelError when it has no float32 value: then max|x| · max|w| is beyond float32, so the
-    FP32 node overflows as well and no int32 bias can represent its bias."""
-    with np.errstate(over="ignore"):
-        scale = (np.float32(x_params.scale) * w_params.scale.astype(np.float32)).astype(np.float32)
-    if not np.all(np.isfinite(scale)):
-        raise UnsupportedModelError(
-            f"node {node_name}: input scale {float(x_params.scale):.3g} x weight scale "
-            f"{float(np.max(w_params.scale)):.3g} overflows float32 (the FP32 model overflows there)")
-    return scale
+_WEIGHT_INPUT = dict.fromkeys(COMPUTE_OPS, WEIGHT_INPUT)
+_BIAS_INPUT = dict.fromkeys(("Conv", "Gemm"), BIAS_INPUT)     # int32 bias (ConvTranspose keeps a float one)
+_BIAS_CORRECTED_OPS = frozenset(_BIAS_INPUT)                  # those bias_correction_delta covers
 
 
 @dataclass
@@ -73,29 +61,6 @@ class QuantPlan:
     points: dict[str, QuantPoint]
     skipped: dict[str, tuple[str, str]]                          # name -> (op, reason)
     activation_matmuls: dict[str, gs.Node] = field(default_factory=dict)   # both inputs quantised, no weight
-
-
-def _is_float(tensor: gs.Tensor) -> bool:
-    dtype = getattr(tensor, "dtype", None)
-    if dtype is None:
-        return True
-    try:
-        return np.dtype(dtype) in [np.dtype(t) for t in _FLOAT_TYPES]
-    except TypeError:  # ONNX types numpy lacks (bfloat16, float8) stay float, unquantised
-        return False
-
-
-def weight_axis(node: gs.Node, weight: np.ndarray, profile) -> int | None:
-    """The output-channel axis of a constant weight, or None where ORT takes only per-tensor scales."""
-    if node.op not in profile.per_channel_ops:
-        return None
-    if node.op == "Conv":
-        return 0
-    if node.op == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    if node.op == "MatMul" and weight.ndim == 2:
-        return 1
-    return None
 
 
 def _producer_chain_end(node: gs.Node, fusable: frozenset[str], graph_outputs: set[str]) -> gs.Variable:
@@ -147,8 +112,8 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
             if selection is not None and node.op in _WEIGHT_INPUT:
                 skipped[node.name] = (node.op, selection.reason)
             continue
-        reason = _unsupported_reason(node)
-        if reason and activation_matmuls and _is_activation_matmul(node):
+        reason = unsupported_reason(node)
+        if reason and activation_matmuls and is_activation_matmul(node):
             act_matmuls[node.name] = node
             for tensor in node.inputs[:2]:
                 add_point(tensor, selection.activation, node.name, integer_producer=False)
@@ -181,11 +146,6 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
     return QuantPlan(nodes=nodes, points=points, skipped=skipped, activation_matmuls=act_matmuls)
 
 
-def _is_activation_matmul(node: gs.Node) -> bool:
-    return node.op == "MatMul" and len(node.inputs) == 2 and all(
-        isinstance(t, gs.Variable) and _is_float(t) for t in node.inputs)
-
-
 def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> None:
     """Add(op(x), r) with op a quantised node of a type in ``profile.residual_add_producers``: Q/DQ on r too,
     so the runtime (TensorRT) can fuse the Add into op's integer kernel (NVIDIA's Q/DQ placement guidance)."""
@@ -199,49 +159,8 @@ def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> No
             producer = this.inputs[0] if isinstance(this, gs.Variable) and len(this.inputs) == 1 else None
             if producer is None or producer.op not in producers or producer.name not in nodes:
                 continue
-            if isinstance(other, gs.Variable) and _is_float(other):
+            if isinstance(other, gs.Variable) and is_float_tensor(other):
                 add_point(other, nodes[producer.name][1].activation, add.name, integer_producer=False)
-
-
-def _unsupported_reason(node: gs.Node) -> str:
-    if node.op not in _WEIGHT_INPUT:
-        return f"op type {node.op} has no static INT8 lowering yet"
-    if len(node.inputs) <= _WEIGHT_INPUT[node.op]:
-        return "missing weight input"
-    weight = node.inputs[_WEIGHT_INPUT[node.op]]
-    if not isinstance(weight, gs.Constant):
-        if node.op == "MatMul":
-            return "activation x activation MatMul (no constant weight)"
-        return "weight is not a constant"
-    if not isinstance(node.inputs[0], gs.Variable) or not _is_float(node.inputs[0]):
-        return "activation input is not a float tensor"
-    if weight.values.dtype != np.float32:
-        return f"weight dtype {weight.values.dtype} is not float32"
-    if weight.values.size == 0:
-        return "zero-size weight"
-    if not np.isfinite(weight.values).all():
-        return "weight holds NaN or Inf values"
-    if node.op == "Gemm" and node.attrs.get("transA", 0):
-        return "Gemm with transA=1"
-    return ""
-
-
-def bias_correction_delta(op: str, weight: np.ndarray, weight_dq: np.ndarray, input_mean: np.ndarray,
-                          group: int = 1, trans_b: bool = False) -> np.ndarray:
-    """(Ŵ − W)·E[x] per output channel: the expected output shift the weight rounding causes."""
-    delta = weight_dq.astype(np.float64) - weight.astype(np.float64)
-    mean = np.asarray(input_mean, dtype=np.float64)
-    if op == "Conv":
-        out_channels, in_per_group = delta.shape[0], delta.shape[1]
-        summed = delta.reshape(out_channels, in_per_group, -1).sum(axis=2)          # [Co, Ci/g]
-        group_of = np.arange(out_channels) // (out_channels // group)
-        return np.einsum("oc,oc->o", summed, mean.reshape(group, in_per_group)[group_of])
-    if op == "Gemm":
-        return delta @ mean if trans_b else mean @ delta
-    raise ValueError(f"no bias correction for {op}")
-
-
-_BIAS_CORRECTED_OPS = frozenset({"Conv", "Gemm"})
 
 
 def _mean_request(tensor_name: str, op: str) -> StatRequest:
@@ -256,6 +175,10 @@ def _point_request(point: QuantPoint, activation_dtype: QuantDType) -> StatReque
 
 class InsertQDQPass(CalibratedPass):
     """Insert QuantizeLinear/DequantizeLinear around the selected compute nodes (see module docstring)."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES, GraphProperty.SHAPES_INFERRED})   # selection; MatMul ranks
+    ensures = frozenset({GraphProperty.QUANTIZED})
+    invalidates = frozenset()      # every Q/DQ output carries its tensor's shape
 
     def __init__(self, *, subgraph: bool = False, classifier_rule: bool = True) -> None:
         self._plan: QuantPlan | None = None
@@ -286,11 +209,29 @@ class InsertQDQPass(CalibratedPass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         plan = self._plan_for(graph, ctx)
-        profile = ctx.target
         act_dtype = self._activation_dtype(ctx)
         stats: Counter[str] = Counter()
+        act_params = self._activation_params(plan, ctx, act_dtype, stats)
+        # Q -> DQ per activation point (remember each node's float input first: rewiring renames it)
+        node_input = {name: node.inputs[0].name for name, (node, _, _) in plan.nodes.items()}
+        for name, point in plan.points.items():
+            self._insert_activation_qdq(graph, point, act_params[name])
+            stats["activation_qdq"] += 1
+        self._quantize_weights(graph, plan, ctx, act_params, node_input, stats)
+        for name in plan.activation_matmuls:
+            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED, "static int8, activation x activation",
+                                    {"activation_dtype": act_dtype.value}))
+            stats["quantized_activation_matmul"] += 1
+        for name, (op, reason) in plan.skipped.items():
+            ctx.decide(NodeDecision(name, op, NodeStatus.SKIPPED, reason))
+            stats["skipped"] += 1
+        graph.cleanup().toposort()
+        return PassResult(modified=bool(plan.nodes) or bool(plan.activation_matmuls), stats=dict(stats))
 
-        # 1. activation parameters (inherited ones copy their source's)
+    @staticmethod
+    def _activation_params(plan: QuantPlan, ctx: PassContext, act_dtype: QuantDType,
+                           stats: Counter) -> dict[str, QParams]:
+        """(s, z) per activation point from its calibrated range; an inheriting point copies its source's."""
         act_params: dict[str, QParams] = {}
         for name, point in plan.points.items():
             if point.inherit_from is None:
@@ -308,14 +249,13 @@ class InsertQDQPass(CalibratedPass):
                 stats["inherited_params"] += 1
             ctx.tensor_ranges[name].update(scale=float(act_params[name].scale),
                                            zero_point=int(act_params[name].zero_point))
+        return act_params
 
-        # 2. Q -> DQ per activation point (remember each node's float input first: rewiring renames it)
-        node_input = {name: node.inputs[0].name for name, (node, _, _) in plan.nodes.items()}
-        for name, point in plan.points.items():
-            self._insert_activation_qdq(graph, point, act_params[name])
-            stats["activation_qdq"] += 1
-
-        # 3. weights and biases
+    def _quantize_weights(self, graph: gs.Graph, plan: QuantPlan, ctx: PassContext, act_params: dict[str, QParams],
+                          node_input: dict[str, str], stats: Counter) -> None:
+        """W -> DQ(W_q) and b -> DQ(b_q) (bias-corrected first where asked) for every planned node."""
+        profile = ctx.target
+        act_dtype = self._activation_dtype(ctx)
         weight_cache: dict[tuple, tuple[gs.Variable, QParams, np.ndarray]] = {}
         for name, (node, selection, axis) in plan.nodes.items():
             w_index = _WEIGHT_INPUT[node.op]
@@ -330,7 +270,7 @@ class InsertQDQPass(CalibratedPass):
                 out_channels = weight.values.shape[0 if node.op == "Conv" or node.attrs.get("transB", 0) else 1]
                 bias = gs.Constant(f"{name}_bias", np.zeros(out_channels, dtype=np.float32))
                 node.inputs.append(bias)
-            # the bias limits the weight scale (see bias_safe_weight_scale), so it is part of the key
+            # the bias limits the weight scale (see qdq_math.weight_qparams), so it is part of the key
             key = (weight.name, axis, bias.name if bias is not None else None,
                    float(x_params.scale) if bias is not None else None)
             if key not in weight_cache:
@@ -346,15 +286,10 @@ class InsertQDQPass(CalibratedPass):
                 bias_scale(x_params, w_params, node.name)   # before bias correction, which overflows alike
                 if correct:
                     mean = ctx.range_of(_mean_request(node_input[name], node.op)).min
-                    shift = bias_correction_delta(node.op, weight.values, dequantize(w_quantized, w_params), mean,
-                                                  int(node.attrs.get("group", 1)), bool(node.attrs.get("transB", 0)))
-                    corrected = bias.values.astype(np.float64) - shift
-                    if not np.all(np.abs(corrected) <= np.finfo(np.float32).max):
-                        # |ΔW|·|E[x]| beyond float32 implies |W|·|x| is too: the FP32 node overflows as well
-                        raise UnsupportedModelError(f"node {node.name}: its bias correction overflows float32 "
-                                                    "(the FP32 model overflows there)")
-                    bias = gs.Constant(f"{bias.name}_corrected_{name}", corrected.astype(np.float32))
-                    detail["bias_correction_max"] = float(np.max(np.abs(shift))) if shift.size else 0.0
+                    values, detail["bias_correction_max"] = corrected_bias(
+                        node.op, bias.values, weight.values, dequantize(w_quantized, w_params), mean,
+                        int(node.attrs.get("group", 1)), bool(node.attrs.get("transB", 0)), node.name)
+                    bias = gs.Constant(f"{bias.name}_corrected_{name}", values)
                     stats["bias_corrected"] += 1
                 if profile.quantize_bias:
                     node.inputs[b_index] = self._insert_bias_dq(graph, bias, x_params, w_params, node.name)
@@ -365,16 +300,6 @@ class InsertQDQPass(CalibratedPass):
             ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED, "static int8", detail))
             stats["quantized"] += 1
             stats[f"quantized_{node.op}"] += 1
-
-        for name in plan.activation_matmuls:
-            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED, "static int8, activation x activation",
-                                    {"activation_dtype": act_dtype.value}))
-            stats["quantized_activation_matmul"] += 1
-        for name, (op, reason) in plan.skipped.items():
-            ctx.decide(NodeDecision(name, op, NodeStatus.SKIPPED, reason))
-            stats["skipped"] += 1
-        graph.cleanup().toposort()
-        return PassResult(modified=bool(plan.nodes) or bool(plan.activation_matmuls), stats=dict(stats))
 
     @staticmethod
     def _insert_activation_qdq(graph: gs.Graph, point: QuantPoint, params: QParams) -> gs.Variable:
@@ -390,10 +315,7 @@ class InsertQDQPass(CalibratedPass):
                          outputs=[quantized])
         dq_node = gs.Node("DequantizeLinear", name=f"{base}_DQ",
                           inputs=[quantized, scale, zero_point], outputs=[dequantized])
-        for consumer in consumers:
-            for index, t in enumerate(consumer.inputs):
-                if t is tensor:
-                    consumer.inputs[index] = dequantized
+        replace_uses(tensor, dequantized, consumers)
         graph.nodes.extend([q_node, dq_node])
         return dequantized
 
@@ -402,15 +324,7 @@ class InsertQDQPass(CalibratedPass):
                           reduce_range: bool, bias: gs.Constant | None,
                           x_params: QParams, copy: int = 0) -> tuple[gs.Variable, QParams, np.ndarray]:
         values = weight.values.astype(np.float32)
-        rng = weight_range(values, axis)
-        params = compute_qparams(rng.min, rng.max, spec.dtype, symmetric=spec.symmetric,
-                                 reduce_range=reduce_range, axis=axis)
-        if bias is not None and spec.symmetric:
-            # per channel: each channel's own bias; per tensor: the largest |bias| bounds the one scale
-            limiting_bias = (bias.values.reshape(np.shape(params.scale))
-                             if np.size(params.scale) == np.size(bias.values) else np.max(np.abs(bias.values)))
-            safe = bias_safe_weight_scale(params.scale, limiting_bias, float(x_params.scale))
-            params = QParams(scale=safe, zero_point=params.zero_point, dtype=params.dtype, axis=axis)
+        params = weight_qparams(values, axis, spec, reduce_range, bias.values if bias is not None else None, x_params)
         q_values = quantize(values, params)
         base = weight.name if not copy else f"{weight.name}_{copy}"  # a shared weight quantised twice
         q_const = gs.Constant(f"{base}_q", q_values)
@@ -425,9 +339,8 @@ class InsertQDQPass(CalibratedPass):
     @staticmethod
     def _insert_bias_dq(graph: gs.Graph, bias: gs.Constant, x_params: QParams, w_params: QParams, node_name: str) -> gs.Variable:
         scale = bias_scale(x_params, w_params, node_name)
-        values = bias.values.astype(np.float64)
-        safe = np.where(scale > 0, scale, 1.0)
-        q_bias = np.clip(np.rint(values / safe), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        values = bias.values
+        q_bias = int32_bias(values, scale)
         base = f"{bias.name}_{node_name}"
         out = gs.Variable(f"{base}_dq", dtype=np.float32, shape=list(values.shape))
         per_channel = scale.ndim == 1 and scale.size == values.size and scale.size > 1

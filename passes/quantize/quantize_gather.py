@@ -16,15 +16,15 @@ stays float (tied output projections keep one float copy instead of two).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig, Granularity
-from qcompile.pass_infra import GraphPass, NodeDecision, NodeStatus, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.passes.transform.channel_rewrite import Namer
+from qcompile.selection import matches_node
 
 
 def quantize_table(table: np.ndarray, per_column: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +37,8 @@ def quantize_table(table: np.ndarray, per_column: bool) -> tuple[np.ndarray, np.
 
 
 def _excluded(name: str, config: CompileConfig) -> bool:
-    def matches(pattern: str) -> bool:
-        return pattern == name or re.fullmatch(pattern, name) is not None
-    return any(matches(p) for p in config.exclude) or any(o.skip and matches(o.pattern) for o in config.overrides)
+    return any(matches_node(p, name) for p in config.exclude) or any(
+        o.skip and matches_node(o.pattern, name) for o in config.overrides)
 
 
 def skip_reason(node: gs.Node, graph_outputs: set[str], config: CompileConfig) -> str:
@@ -61,6 +60,9 @@ def skip_reason(node: gs.Node, graph_outputs: set[str], config: CompileConfig) -
 
 class QuantizeGatherPass(GraphPass):
     """int8 embedding tables in the static pipeline (see the module docstring); on when config.embedding.enabled."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES})     # exclusions match node names
+    invalidates = frozenset()      # the gathered int8 rows carry the output's shape
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         config = ctx.config.embedding

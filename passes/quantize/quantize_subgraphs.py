@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompile.calibrators.subgraph_outputs import conditional_in_stacking_names
-from qcompile.pass_infra import CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult
+from qcompile.graph.ops import COMPUTE_OPS
+from qcompile.graph.scopes import bodies
+from qcompile.pass_infra import CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.passes.quantize.insert_qdq import InsertQDQPass
-from qcompile.selection import COMPUTE_OPS, reaches_output
+from qcompile.selection import reaches_output
 
 
 @dataclass(frozen=True)
@@ -36,23 +38,22 @@ class _Scope:
 def graph_scopes(graph: gs.Graph) -> list[_Scope]:
     """The main graph, then every body, outer before inner."""
     scopes = [_Scope(graph, None, True)]
-    index = 0
-    while index < len(scopes):
-        scope = scopes[index]
-        outputs = {t.name for t in scope.graph.outputs}
-        for node in scope.graph.nodes:
-            for key, value in node.attrs.items():
-                if not isinstance(value, gs.Graph):
-                    continue
-                feeds_logits = scope.classifier_rule and node.op == "If" and any(
-                    reaches_output(t, outputs) for t in node.outputs)
-                scopes.append(_Scope(value, f"{node.name}.{key}", feeds_logits))
-        index += 1
+    rule_of = {id(graph): True}        # a scope's classifier rule, for the bodies it holds
+    for body in bodies(graph):
+        outputs = {t.name for t in body.parent.outputs}
+        feeds_logits = rule_of[id(body.parent)] and body.node.op == "If" and any(
+            reaches_output(t, outputs) for t in body.node.outputs)
+        rule_of.setdefault(id(body.graph), feeds_logits)
+        scopes.append(_Scope(body.graph, body.owner, feeds_logits))
     return scopes
 
 
 class QuantizeAllGraphsPass(CalibratedPass):
     """InsertQDQPass on the main graph and on each If/Loop/Scan body (see module docstring)."""
+
+    requires = InsertQDQPass.requires | {GraphProperty.BODY_INPUTS_LOCAL}   # each body owns what it quantises
+    ensures = InsertQDQPass.ensures
+    invalidates = InsertQDQPass.invalidates
 
     def __init__(self) -> None:
         self._passes: dict[int, tuple[_Scope, InsertQDQPass]] = {}

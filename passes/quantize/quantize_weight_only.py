@@ -27,9 +27,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from qcompile.config import NumberFormat, ScaleDType, WeightOnlyAlgorithm, WeightOnlyConfig, WeightOnlyForm
+from qcompile.graph.edits import replace_uses
 from qcompile.numerics.packing import pack_4bit
-from qcompile.pass_infra import CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult, StatKind, \
-    StatRequest
+from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
+                                 StatKind, StatRequest)
 from qcompile.runtime_ext.matmul_nbits import (FormChoice, choose_form, form_for_node, fp16_safe_scales,
                                                matmul_bnb4_nodes, matmul_nbits_nodes, scale_input)
 from qcompile.selection import classifier_nodes, select_nodes
@@ -113,6 +114,9 @@ def _hessian_request(tensor: str) -> StatRequest:
 
 class WeightOnlyQuantizePass(CalibratedPass):
     """Blocked INT4/INT8 (or NF4) weights for MatMul/Gemm; see the module docstring."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES, GraphProperty.SHAPES_INFERRED})   # selection; input ranks
+    ensures = frozenset({GraphProperty.QUANTIZED})
 
     def __init__(self) -> None:
         self._plan: tuple[list[WeightOnlyTarget], dict[str, tuple[str, str]]] | None = None
@@ -255,8 +259,7 @@ def _apply_input_scale(graph: gs.Graph, members: list[WeightOnlyTarget], scale: 
     scaled = gs.Variable(f"{x.name}_awq_scaled", dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node("Mul", name=f"{x.name}_awq_Mul", inputs=[x, gs.Constant(f"{x.name}_awq_inv_s", inverse)],
                                outputs=[scaled]))
-    for member in members:
-        member.node.inputs[0] = scaled
+    replace_uses(x, scaled, [m.node for m in members])
     return "awq_inserted_mul"
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.pass_infra import GraphPass, NodeDecision, NodeStatus, PassContext, PassResult
+from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.passes.quantize.quantize_gather import skip_reason
 
 
@@ -35,6 +35,8 @@ def quantize_rows_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class WeightOnlyEmbeddingPass(GraphPass):
     """int8 per-row embedding tables (see the module docstring); runs when weight_only.embedding_bits is 8."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES})     # exclusions match node names
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         if ctx.config.weight_only.embedding_bits is None:

@@ -23,7 +23,8 @@ from typing import Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-SHAPE_ONLY_READERS = frozenset({"Shape", "Size"})
+from qcompile.graph.edits import replace_uses
+from qcompile.graph.ops import SHAPE_ONLY_READERS
 
 
 class Namer:
@@ -130,84 +131,96 @@ def _per_channel(values: np.ndarray, channels: int, allow_scalar: bool) -> bool:
     return values.ndim >= 1 and values.shape[-1] in (1, channels) and values.size == values.shape[-1]
 
 
+Edit = Callable[[np.ndarray], None]
+
+
 def plan_fold(tensor: gs.Variable, readers: set[str], graph_outputs: set[str], channels: int, namer: Namer,
-              depth: int = 0) -> list[Callable[[np.ndarray], None]] | None:
+              depth: int = 0) -> list[Edit] | None:
     """Edits that fold X·diag(v) into X's producer (applied with v), or None where that is impossible."""
     if depth > 4 or not only_read_by(tensor, readers, graph_outputs) or len(tensor.inputs) != 1:
         return None
     producer = tensor.inputs[0]
     if len(producer.outputs) != 1:
         return None
-    inputs = producer.inputs
-
-    def scale_input(index: int, axis: int = -1) -> Callable[[np.ndarray], None]:
-        def edit(v: np.ndarray) -> None:
-            old = inputs[index]
-            shape = [1] * old.values.ndim
-            shape[axis] = -1
-            inputs[index] = namer.constant(f"{old.name}_scaled", (old.values * v.reshape(shape)).astype(np.float32))
-        return edit
-
-    def scale_vector(index: int) -> Callable[[np.ndarray], None]:
-        def edit(v: np.ndarray) -> None:
-            old = inputs[index]
-            inputs[index] = namer.constant(f"{old.name}_scaled", (old.values * v).astype(np.float32))
-        return edit
-
     if producer.op == "LayerNormalization":
-        rank = len(tensor.shape) if tensor.shape is not None else None
-        axis = int(producer.attrs.get("axis", -1))
-        if not (axis == -1 or (rank is not None and axis == rank - 1)):
-            return None
-        params = [i for i in (1, 2) if i < len(inputs) and inputs[i] is not None and inputs[i].name]
-        if not all(isinstance(inputs[i], gs.Constant) and _per_channel(inputs[i].values, channels, False)
-                   and inputs[i].values.shape[-1] == channels for i in params):
-            return None
-        return [scale_vector(i) for i in params]
+        return _fold_into_layernorm(producer, tensor, channels, namer)
     if producer.op in ("MatMul", "Gemm"):
-        consumer, _ = channel_consumer(producer)
-        if consumer is None:
-            return None
-        out_axis = 1 - consumer.row_axis
-        if consumer.weight.values.shape[out_axis] != channels:
-            return None
-        edits = [scale_input(1, out_axis)]
-        if producer.op == "Gemm" and len(inputs) > 2 and inputs[2] is not None and inputs[2].name:
-            if not _per_channel(inputs[2].values, channels, True):
-                return None
-            edits.append(scale_vector(2))
-        return edits
-    if producer.op in ("Mul", "Add") and len(inputs) == 2:
-        const = [i for i, t in enumerate(inputs) if isinstance(t, gs.Constant)]
-        if len(const) != 1 or inputs[const[0]].values.dtype != np.float32:
-            return None
-        c, other = const[0], 1 - const[0]
-        if producer.op == "Mul":
-            if not _per_channel(inputs[c].values, channels, False) or inputs[c].values.shape[-1] != channels:
-                return None
-            return [scale_vector(c)]
-        if not _per_channel(inputs[c].values, channels, True) or not isinstance(inputs[other], gs.Variable):
-            return None
-        rank = len(tensor.shape) if tensor.shape is not None else 0
-        if inputs[c].values.ndim > max(rank, 1):
-            return None
-        inner = plan_fold(inputs[other], {producer.name}, graph_outputs, channels, namer, depth + 1)
-        if inner is None:
-            return None
-
-        def add_edit(v: np.ndarray) -> None:
-            old = inputs[c]
-            inputs[c] = namer.constant(f"{old.name}_scaled", (old.values * v).astype(np.float32))
-        return [*inner, add_edit]
+        return _fold_into_matmul(producer, channels, namer)
+    if producer.op in ("Mul", "Add") and len(producer.inputs) == 2:
+        return _fold_into_mul_add(producer, tensor, graph_outputs, channels, namer, depth)
     return None
 
 
-def reroute(readers: list[gs.Node], old: gs.Tensor, new: gs.Tensor) -> None:
-    """Make ``readers`` read ``new`` wherever they read ``old``."""
-    for node in readers:
-        for index, tensor in enumerate(node.inputs):
-            if tensor is old:
-                node.inputs[index] = new
+def _scale_input(inputs: list[gs.Tensor], index: int, namer: Namer, axis: int = -1) -> Edit:
+    """inputs[index] ← inputs[index] · v along ``axis``."""
+    def edit(v: np.ndarray) -> None:
+        old = inputs[index]
+        shape = [1] * old.values.ndim
+        shape[axis] = -1
+        inputs[index] = namer.constant(f"{old.name}_scaled", (old.values * v.reshape(shape)).astype(np.float32))
+    return edit
+
+
+def _scale_vector(inputs: list[gs.Tensor], index: int, namer: Namer) -> Edit:
+    """inputs[index] ← inputs[index] · v (broadcast over the last axis)."""
+    def edit(v: np.ndarray) -> None:
+        old = inputs[index]
+        inputs[index] = namer.constant(f"{old.name}_scaled", (old.values * v).astype(np.float32))
+    return edit
+
+
+def _fold_into_layernorm(producer: gs.Node, tensor: gs.Variable, channels: int, namer: Namer) -> list[Edit] | None:
+    """γ' = γ·v, β' = β·v for a LayerNormalization over the last axis."""
+    inputs = producer.inputs
+    rank = len(tensor.shape) if tensor.shape is not None else None
+    axis = int(producer.attrs.get("axis", -1))
+    if not (axis == -1 or (rank is not None and axis == rank - 1)):
+        return None
+    params = [i for i in (1, 2) if i < len(inputs) and inputs[i] is not None and inputs[i].name]
+    if not all(isinstance(inputs[i], gs.Constant) and _per_channel(inputs[i].values, channels, False)
+               and inputs[i].values.shape[-1] == channels for i in params):
+        return None
+    return [_scale_vector(inputs, i, namer) for i in params]
+
+
+def _fold_into_matmul(producer: gs.Node, channels: int, namer: Namer) -> list[Edit] | None:
+    """Output columns of W (B) and the Gemm bias C scaled by v."""
+    inputs = producer.inputs
+    consumer, _ = channel_consumer(producer)
+    if consumer is None:
+        return None
+    out_axis = 1 - consumer.row_axis
+    if consumer.weight.values.shape[out_axis] != channels:
+        return None
+    edits = [_scale_input(inputs, 1, namer, out_axis)]
+    if producer.op == "Gemm" and len(inputs) > 2 and inputs[2] is not None and inputs[2].name:
+        if not _per_channel(inputs[2].values, channels, True):
+            return None
+        edits.append(_scale_vector(inputs, 2, namer))
+    return edits
+
+
+def _fold_into_mul_add(producer: gs.Node, tensor: gs.Variable, graph_outputs: set[str], channels: int,
+                       namer: Namer, depth: int) -> list[Edit] | None:
+    """Mul(A, c): c' = c·v.  Add(A, c): c' = c·v and A·diag(v) folded recursively into A's producer."""
+    inputs = producer.inputs
+    const = [i for i, t in enumerate(inputs) if isinstance(t, gs.Constant)]
+    if len(const) != 1 or inputs[const[0]].values.dtype != np.float32:
+        return None
+    c, other = const[0], 1 - const[0]
+    if producer.op == "Mul":
+        if not _per_channel(inputs[c].values, channels, False) or inputs[c].values.shape[-1] != channels:
+            return None
+        return [_scale_vector(inputs, c, namer)]
+    if not _per_channel(inputs[c].values, channels, True) or not isinstance(inputs[other], gs.Variable):
+        return None
+    rank = len(tensor.shape) if tensor.shape is not None else 0
+    if inputs[c].values.ndim > max(rank, 1):
+        return None
+    inner = plan_fold(inputs[other], {producer.name}, graph_outputs, channels, namer, depth + 1)
+    if inner is None:
+        return None
+    return [*inner, _scale_vector(inputs, c, namer)]
 
 
 def insert_channel_mul(graph: gs.Graph, tensor: gs.Variable, readers: list[gs.Node], v: np.ndarray,
@@ -217,5 +230,5 @@ def insert_channel_mul(graph: gs.Graph, tensor: gs.Variable, readers: list[gs.No
     graph.nodes.append(gs.Node("Mul", name=namer(f"{tensor.name}_{tag}_Mul"),
                                inputs=[tensor, namer.constant(f"{tensor.name}_{tag}_factors", v.astype(np.float32))],
                                outputs=[out]))
-    reroute(readers, tensor, out)
+    replace_uses(tensor, out, readers)
     return out

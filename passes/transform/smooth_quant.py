@@ -30,8 +30,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity, QuantSpec, SmoothScope
-from qcompile.pass_infra import CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult, StatKind, \
-    StatRequest
+from qcompile.graph.ops import NORMALIZATION_OPS
+from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
+                                 StatKind, StatRequest)
 from qcompile.passes.transform.channel_rewrite import ChannelConsumer, Namer, consumer_groups, insert_channel_mul, plan_fold
 from qcompile.numerics.qparams import QuantDType, compute_qparams, dequantize, quantize, weight_range
 from qcompile.selection import select_nodes
@@ -39,8 +40,6 @@ from qcompile.selection import select_nodes
 logger = logging.getLogger(__name__)
 
 _FLOOR = 1e-5
-NORMALIZATION_OPS = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
-                               "SkipSimplifiedLayerNormalization", "RMSNormalization"})
 
 
 def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
@@ -157,6 +156,9 @@ def _fake_quant(ctx: PassContext) -> FakeQuant:
 
 class SmoothQuantPass(CalibratedPass):
     """Per-channel smoothing of MatMul/Gemm inputs (see module docstring)."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES, GraphProperty.SHAPES_INFERRED})   # selection; channel counts
+    invalidates = frozenset()      # an inserted Mul's output carries its input's type and shape
 
     def __init__(self) -> None:
         self._groups: list[SmoothGroup] | None = None

@@ -30,8 +30,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity
-from qcompile.pass_infra import CalibratedPass, NodeDecision, NodeStatus, PassContext, PassResult, StatKind, \
-    StatRequest
+from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
+                                 StatKind, StatRequest)
 from qcompile.passes.transform.channel_rewrite import ChannelConsumer, Namer, consumer_groups, insert_channel_mul, plan_fold
 from qcompile.selection import select_nodes
 
@@ -107,8 +107,29 @@ def split_weight(w: np.ndarray, weight_rows: list[int], act_rows: list[int]) -> 
     return np.vstack([out, out[weight_rows], w[act_rows].astype(np.float32)])
 
 
+def _insert_split(graph: gs.Graph, tensor: gs.Variable, source: gs.Variable, rows: list[int],
+                  namer: Namer) -> gs.Variable:
+    """X' = Concat(S, Gather(S, rows, axis=-1), axis=-1) with S = ``source`` (X, or X·h); returns X'."""
+    index = np.asarray(rows, dtype=np.int64)
+    shape = list(tensor.shape) if tensor.shape is not None else None
+    copies = gs.Variable(namer(f"{tensor.name}_split_copies"), dtype=tensor.dtype,
+                         shape=shape[:-1] + [int(index.size)] if shape else None)
+    if shape:
+        shape[-1] = shape[-1] + int(index.size) if isinstance(shape[-1], int) else None
+    split = gs.Variable(namer(f"{tensor.name}_split"), dtype=tensor.dtype, shape=shape)
+    graph.nodes.append(gs.Node("Gather", name=namer(f"{tensor.name}_split_Gather"), attrs={"axis": -1},
+                               inputs=[source, namer.constant(f"{tensor.name}_split_index", index)],
+                               outputs=[copies]))
+    graph.nodes.append(gs.Node("Concat", name=namer(f"{tensor.name}_split_Concat"), attrs={"axis": -1},
+                               inputs=[source, copies], outputs=[split]))
+    return split
+
+
 class SplitOutlierChannelsPass(CalibratedPass):
     """Outlier-channel splitting of MatMul/Gemm inputs (see module docstring); off unless configured."""
+
+    requires = frozenset({GraphProperty.NAMED_NODES, GraphProperty.SHAPES_INFERRED})   # selection; channel counts
+    invalidates = frozenset()      # the split tensors get the shapes [..., K + m] they have
 
     def __init__(self) -> None:
         self._groups: dict[str, list[ChannelConsumer]] | None = None
@@ -162,18 +183,7 @@ class SplitOutlierChannelsPass(CalibratedPass):
                 else:
                     source = insert_channel_mul(graph, tensor, [c.node for c in consumers], halve, namer, "ocs")
                     stats["halving_mul_inserted"] += 1
-            index = np.asarray(weight_rows + act_rows, dtype=np.int64)
-            shape = list(tensor.shape) if tensor.shape is not None else None
-            copies = gs.Variable(namer(f"{tensor.name}_split_copies"), dtype=tensor.dtype,
-                                 shape=shape[:-1] + [int(index.size)] if shape else None)
-            if shape:
-                shape[-1] = shape[-1] + int(index.size) if isinstance(shape[-1], int) else None
-            split = gs.Variable(namer(f"{tensor.name}_split"), dtype=tensor.dtype, shape=shape)
-            graph.nodes.append(gs.Node("Gather", name=namer(f"{tensor.name}_split_Gather"), attrs={"axis": -1},
-                                       inputs=[source, namer.constant(f"{tensor.name}_split_index", index)],
-                                       outputs=[copies]))
-            graph.nodes.append(gs.Node("Concat", name=namer(f"{tensor.name}_split_Concat"), attrs={"axis": -1},
-                                       inputs=[source, copies], outputs=[split]))
+            split = _insert_split(graph, tensor, source, weight_rows + act_rows, namer)
             for consumer, weight in zip(consumers, weights):
                 consumer.node.inputs[0] = split
                 consumer.set_oriented(split_weight(weight, weight_rows, act_rows), namer, "split")
