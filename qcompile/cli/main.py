@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from qcompile import __version__
+from qcompile.version import __version__
 from qcompile.cli.compile import compile_command
 from qcompile.cli.tools import compare_command, inspect_command, report_command
 from qcompile.errors import QCompileError
