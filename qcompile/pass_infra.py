@@ -19,7 +19,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -35,7 +35,7 @@ class GraphProperty(enum.Enum):
 
     NAMED_NODES = "named_nodes"                # every node (bodies included) has a unique name
     SHAPES_INFERRED = "shapes_inferred"        # tensors carry the element types and shapes ONNX can infer
-    CONSTANTS_FOLDED = "constants_folded"      # no node left whose inputs are all constant
+    CONSTANTS_FOLDED = "constants_folded"      # nodes of constant inputs evaluated (Constant nodes are initializers)
     BODY_INPUTS_LOCAL = "body_inputs_local"    # body compute nodes read body-owned activations
     QUANTIZED = "quantized"                    # the quantize step has rewritten the selected nodes
 
@@ -127,9 +127,9 @@ class GraphPass(abc.ABC):
     shapes: new tensors may lack them). See the module docstring for how run_steps uses them.
     """
 
-    requires: ClassVar[frozenset[GraphProperty]] = frozenset()
-    ensures: ClassVar[frozenset[GraphProperty]] = frozenset()
-    invalidates: ClassVar[frozenset[GraphProperty]] = frozenset({GraphProperty.SHAPES_INFERRED})
+    requires: frozenset[GraphProperty] = frozenset()
+    ensures: frozenset[GraphProperty] = frozenset()
+    invalidates: frozenset[GraphProperty] = frozenset({GraphProperty.SHAPES_INFERRED})
 
     @property
     def name(self) -> str:

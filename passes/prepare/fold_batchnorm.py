@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from qcompile.graph.ops import BIASED_OPS
 from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
 
@@ -41,7 +42,7 @@ class FoldBatchNormPass(GraphPass):
         declined = 0
         for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
             producer = bn.inputs[0].inputs[0] if bn.inputs[0].inputs else None
-            if producer is None or producer.op not in ("Conv", "ConvTranspose", "Gemm") or len(bn.outputs) != 1:
+            if producer is None or producer.op not in BIASED_OPS or len(bn.outputs) != 1:
                 declined += 1
                 continue
             params = bn.inputs[1:5]

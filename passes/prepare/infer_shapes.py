@@ -15,7 +15,7 @@ import logging
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompile.graph.scopes import all_graphs as _all_graphs
+from qcompile.graph.scopes import all_graphs
 from qcompile.graph.weights import weightless_model
 from qcompile.pass_infra import GraphPass, GraphProperty, PassContext, PassResult
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def _all_variables(graph: gs.Graph) -> dict[str, gs.Variable]:
     variables: dict[str, gs.Variable] = {}
-    for g in _all_graphs(graph):
+    for g in all_graphs(graph):
         for node in g.nodes:
             for tensor in node.outputs:
                 if isinstance(tensor, gs.Variable):
@@ -34,7 +34,7 @@ def _all_variables(graph: gs.Graph) -> dict[str, gs.Variable]:
 
 def first_untyped_node(graph: gs.Graph) -> gs.Node | None:
     """The first node (in graph order, bodies after the main graph) with an output of unknown element type."""
-    for g in _all_graphs(graph):
+    for g in all_graphs(graph):
         for node in g.nodes:
             if any(isinstance(t, gs.Variable) and t.dtype is None for t in node.outputs):
                 return node
@@ -60,7 +60,7 @@ class InferShapesPass(GraphPass):
             ctx.warnings.append(message)
             return PassResult(modified=False, stats={"failed": 1})
         known = _all_variables(gs.import_onnx(inferred))
-        inputs = {t.name for g in _all_graphs(graph) for t in g.inputs}
+        inputs = {t.name for g in all_graphs(graph) for t in g.inputs}
         annotated = 0
         for name, tensor in _all_variables(graph).items():
             other = known.get(name)

@@ -22,8 +22,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig, Granularity
+from qcompile.graph.edits import Namer
 from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
-from qcompile.passes.transform.channel_rewrite import Namer
 from qcompile.selection import matches_node
 
 

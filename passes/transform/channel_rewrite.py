@@ -23,26 +23,8 @@ from typing import Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.graph.edits import replace_uses
+from qcompile.graph.edits import Namer, replace_uses
 from qcompile.graph.ops import SHAPE_ONLY_READERS
-
-
-class Namer:
-    """Fresh tensor/node names, deterministic for a given graph: ``base``, else ``base_1``, ``base_2`` ..."""
-
-    def __init__(self, graph: gs.Graph) -> None:
-        self.taken = set(graph.tensors()) | {n.name for n in graph.nodes}
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
-
-    def constant(self, base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self(base), np.asarray(values, order="C"))     # keeps 0-d scalars 0-d
 
 
 @dataclass

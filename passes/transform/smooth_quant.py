@@ -33,7 +33,8 @@ from qcompile.config import Granularity, QuantSpec, SmoothScope
 from qcompile.graph.ops import NORMALIZATION_OPS
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
-from qcompile.passes.transform.channel_rewrite import ChannelConsumer, Namer, consumer_groups, insert_channel_mul, plan_fold
+from qcompile.graph.edits import Namer
+from qcompile.passes.transform.channel_rewrite import ChannelConsumer, consumer_groups, insert_channel_mul, plan_fold
 from qcompile.numerics.qparams import QuantDType, compute_qparams, dequantize, quantize, weight_range
 from qcompile.selection import select_nodes
 

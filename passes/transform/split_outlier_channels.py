@@ -32,7 +32,8 @@ import onnx_graphsurgeon as gs
 from qcompile.config import Granularity
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
-from qcompile.passes.transform.channel_rewrite import ChannelConsumer, Namer, consumer_groups, insert_channel_mul, plan_fold
+from qcompile.graph.edits import Namer
+from qcompile.passes.transform.channel_rewrite import ChannelConsumer, consumer_groups, insert_channel_mul, plan_fold
 from qcompile.selection import select_nodes
 
 

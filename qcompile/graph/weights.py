@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from qcompile.graph.edits import replace_uses
+
 DEFAULT_MIN_BYTES = 1 << 16
 
 
@@ -28,10 +30,7 @@ def weightless_model(graph: gs.Graph, min_bytes: int = DEFAULT_MIN_BYTES, *, loa
     for tensor in list(skeleton.tensors().values()):
         if isinstance(tensor, gs.Constant) and constant_nbytes(tensor) >= min_bytes:
             placeholder = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            for node in list(tensor.outputs):
-                for index, t in enumerate(node.inputs):
-                    if t is tensor:
-                        node.inputs[index] = placeholder
+            replace_uses(tensor, placeholder)
             skeleton.inputs.append(placeholder)
             if load:
                 arrays[tensor.name] = tensor.values
