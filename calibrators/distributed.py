@@ -44,7 +44,7 @@ from qcompile.calibrators.collector import collect_calibrators, compute_ranges, 
 from qcompile.config import LOCAL_RAY, WorkersConfig
 from qcompile.data import CalibrationShard, CalibrationSource, open_calibration_shard, plan_shards
 from qcompile.errors import CalibrationError, ConfigError, QCompileError
-from qcompile.io import load_model, model_size_bytes
+from qcompile.io import PROTOBUF_MAX_BYTES, load_model, model_size_bytes
 from qcompile.pass_infra import StatRequest
 from qcompile.numerics.qparams import TensorRange
 
@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 RAY_MISSING = ("distributed calibration (--workers, calibration.workers) needs Ray, which is not installed; "
                "install it with: pip install 'qcompile[distributed]'")
-_PROTOBUF_LIMIT = (2 << 30) - 1
 _IN_FLIGHT_PER_SLOT = 2  # one running, one queued: a slot never waits on the driver
 
 
@@ -204,7 +203,7 @@ def collect_distributed(graph: gs.Graph, requests: Sequence[StatRequest], source
 
 def _graph_bytes(graph: gs.Graph) -> bytes:
     model = gs.export_onnx(graph, do_type_check=False)
-    if model_size_bytes(model) > _PROTOBUF_LIMIT:
+    if model_size_bytes(model) > PROTOBUF_MAX_BYTES:
         raise CalibrationError("distributed calibration ships the graph as one ONNX message, which protobuf "
                                "limits to 2 GiB; this model is larger: calibrate without workers")
     return model.SerializeToString()

@@ -30,7 +30,8 @@ from qcompile.config import CalibrationProvider, CompileConfig
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
-from qcompile.io import LoadedModel, StagedFiles, load_model, model_size_bytes, save_model, write_text_atomic
+from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
+                         write_text_atomic)
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
 from qcompile.pipeline import build_steps
@@ -317,7 +318,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
         model.opset_import.add(domain="com.microsoft", version=1)   # contrib ops (MatMulNBits, ...)
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    if model_size_bytes(model) < (2 << 30) - (64 << 20):
+    if model_size_bytes(model) <= SERIALISABLE_BYTES:
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
@@ -327,7 +328,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
 
 def _describe_input(loaded: LoadedModel, source: CalibrationSource) -> dict[str, Any]:
     model = loaded.model
-    digest = hashlib.sha256(model.SerializeToString()).hexdigest() if loaded.size_bytes < (2 << 30) - (64 << 20) else None
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest() if loaded.size_bytes <= SERIALISABLE_BYTES else None
     return {
         "path": str(loaded.path) if loaded.path else None,
         "bytes": loaded.size_bytes,

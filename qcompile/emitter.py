@@ -31,13 +31,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from qcompile.config import CompileConfig, TargetProfile
+from qcompile.io import SERIALISABLE_BYTES
 from qcompile.pass_infra import Collector, PassContext, PassRecord, StatRequest, run_steps
 from qcompile.pipeline import build_steps
 from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
-
-_MAX_FINGERPRINT_BYTES = (2 << 30) - (64 << 20)     # protobuf cannot serialise a message over 2 GB
 
 Exporter = Callable[[gs.Graph, onnx.ModelProto], onnx.ModelProto]
 
@@ -53,7 +52,7 @@ def constant_bytes(graph: gs.Graph) -> int:
 
 def graph_fingerprint(model: onnx.ModelProto) -> str | None:
     """SHA-256 of the serialised model, or None when it is too large to serialise in one piece."""
-    if model.ByteSize() >= _MAX_FINGERPRINT_BYTES:
+    if model.ByteSize() > SERIALISABLE_BYTES:
         return None
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
@@ -70,7 +69,7 @@ class StatisticsRecorder:
 
     def wrap(self, collect: Collector) -> Collector:
         def recording_collect(graph: gs.Graph, requests: Sequence[StatRequest]) -> Mapping[StatRequest, TensorRange]:
-            if constant_bytes(graph) >= _MAX_FINGERPRINT_BYTES:    # no copy of a model this large, no reuse
+            if constant_bytes(graph) > SERIALISABLE_BYTES:    # no copy of a model this large, no reuse
                 self.last_graph = None
                 self.gathered += len(requests)
                 return collect(graph, requests)

@@ -29,10 +29,9 @@ import onnx
 import onnxruntime as ort
 
 from qcompile.errors import ConfigError, ModelLoadError, QCompileError, UnsupportedModelError
-from qcompile.io import model_size_bytes
+from qcompile.io import SERIALISABLE_BYTES, model_size_bytes
 
 __all__ = [
-    "MAX_PROTO_BYTES",
     "GraphOptimization",
     "available_providers",
     "has_cuda",
@@ -42,8 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_PROTO_BYTES = 2**31 - 1  # protobuf's hard limit for one serialized message
-LARGE_MODEL_BYTES = MAX_PROTO_BYTES - (64 << 20)   # above this, serialising is unsafe: weights go in memory
+LARGE_MODEL_BYTES = SERIALISABLE_BYTES   # above this, serialising is unsafe: weights go in memory
 _IN_MEMORY_INITIALIZER_BYTES = 1 << 20
 
 _ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")

@@ -240,7 +240,7 @@ def test_generator_calibration():
 def test_save_rename_failure_is_a_save_error_and_leaves_nothing(tiny_cnn_case, tmp_path, monkeypatch):
     import os
 
-    import qcompile.io as qio
+    import qcompile.io.staging as qio
     from qcompile.errors import ModelSaveError
     model_path, calib_dir = tiny_cnn_case
     result = compile_model(model_path, calib_dir)

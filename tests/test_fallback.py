@@ -236,7 +236,7 @@ def test_cli_budget_flags(tmp_path):
 def test_models_over_the_in_memory_limit_skip_the_analysis(monkeypatch):
     # stands in for a > 2 GB model: no copy of the graph is kept, the analysis says why it did not run
     import qcompile.emitter
-    monkeypatch.setattr(qcompile.emitter, "_MAX_FINGERPRINT_BYTES", 1000)
+    monkeypatch.setattr(qcompile.emitter, "SERIALISABLE_BYTES", 1000)
     model, calib = outlier_cnn(), outlier_samples(4, 1)
     result = compile_model(model, calib)
     assert result.report.data["layers"] is None

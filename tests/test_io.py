@@ -13,6 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile.io as qio
+import qcompile.io.save as qio_save
+import qcompile.io.staging as qio_staging
+import qcompile.io.tensors as qio_tensors
 from qcompile.errors import ModelLoadError, ModelSaveError
 from qcompile.io import LoadedModel, load_model, model_size_bytes, save_model, write_text_atomic
 
@@ -410,7 +413,7 @@ def test_model_size_bytes_small_models():
 
 def test_model_size_bytes_piecewise_path_is_exact(monkeypatch):
     """The > 2 GiB code path (measure shells + shapes) must agree with protobuf byte for byte."""
-    monkeypatch.setattr(qio, "_BYTESIZE_DIRECT_LIMIT", 0)
+    monkeypatch.setattr(qio_tensors, "BYTESIZE_DIRECT_LIMIT", 0)
     for m in (_add_model(), _rich_model(), _add_model(np.zeros(300_000, np.float32))):
         assert model_size_bytes(m) == len(m.SerializeToString())
 
@@ -455,7 +458,7 @@ def test_save_refuses_protected(tmp_path):
 
 
 def test_save_refuses_protected_data_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(qio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(qio_save, "EXTERNAL_DATA_THRESHOLD", 100)
     data = tmp_path / "out.onnx.data"
     data.write_bytes(b"precious")
     with pytest.raises(ModelSaveError, match="refusing to overwrite the input model"):
@@ -480,7 +483,7 @@ def test_save_failure_leaves_no_trace(tmp_path, monkeypatch, exc):
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(qio.os, "fsync", boom)
+    monkeypatch.setattr(qio_staging.os, "fsync", boom)
     expected = ModelSaveError if isinstance(exc, OSError) else type(exc)
     with pytest.raises(expected):
         save_model(_add_model(), out)
@@ -497,11 +500,11 @@ def test_save_failure_leaves_no_trace(tmp_path, monkeypatch, exc):
 
 def test_save_failure_mid_external_write(tmp_path, monkeypatch):
     """Interrupted while the data file is half written: no temp files, no output."""
-    monkeypatch.setattr(qio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(qio_save, "EXTERNAL_DATA_THRESHOLD", 100)
     m = _add_model()
     m.graph.initializer.append(numpy_helper.from_array(np.ones(4096, np.float32), "W2"))
     calls = {"n": 0}
-    real_hook = qio._copy_tensor_meta
+    real_hook = qio_save._copy_tensor_meta
 
     def interrupting(src, dst):
         calls["n"] += 1
@@ -509,7 +512,7 @@ def test_save_failure_mid_external_write(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_hook(src, dst)
 
-    monkeypatch.setattr(qio, "_copy_tensor_meta", interrupting)
+    monkeypatch.setattr(qio_save, "_copy_tensor_meta", interrupting)
     with pytest.raises(KeyboardInterrupt):
         save_model(m, tmp_path / "out.onnx")
     assert calls["n"] == 2
@@ -517,7 +520,7 @@ def test_save_failure_mid_external_write(tmp_path, monkeypatch):
 
 
 def test_save_large_model_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(qio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(qio_save, "EXTERNAL_DATA_THRESHOLD", 100)
     rng = np.random.default_rng(3)
     w = rng.standard_normal(70_000).astype(np.float32)  # over the alignment size
     m = _add_model(w)
@@ -548,7 +551,7 @@ def test_save_large_model_path(tmp_path, monkeypatch):
 
 
 def test_save_large_rich_model_round_trips(tmp_path, monkeypatch):
-    monkeypatch.setattr(qio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(qio_save, "EXTERNAL_DATA_THRESHOLD", 100)
     m = _rich_model()
     files = save_model(m, tmp_path / "r.onnx")
     assert len(files) == 2
@@ -568,7 +571,7 @@ def test_save_from_external_input_uses_fresh_data_name(tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     assert save_model(lm.model, out_dir / "small.onnx", protected=lm.source_files) == [out_dir / "small.onnx"]
-    monkeypatch.setattr(qio, "EXTERNAL_DATA_THRESHOLD", 100)
+    monkeypatch.setattr(qio_save, "EXTERNAL_DATA_THRESHOLD", 100)
     files = save_model(lm.model, out_dir / "big.onnx", protected=lm.source_files)
     assert files == [out_dir / "big.onnx", out_dir / "big.onnx.data"]
     raw = onnx.load(files[0], load_external_data=False)
@@ -685,7 +688,7 @@ def test_staged_files_sigterm_with_its_default_action_is_held_until_the_files_ar
     import sys
     # a library caller that left SIGTERM at SIG_DFL: the process dies, but only after every rename
     script = f"""
-import os, signal, pathlib, qcompile.io as qio
+import os, signal, pathlib, qcompile.io.staging as qio
 folder = pathlib.Path({str(tmp_path)!r})
 staging = qio.StagedFiles()
 for name in ("a.onnx", "a.report.json"):
@@ -714,7 +717,7 @@ def test_staged_files_failed_rename_removes_what_was_placed(tmp_path, monkeypatc
             raise KeyboardInterrupt  # as if Ctrl-C hit between the two renames
         real_replace(src, dst)
 
-    monkeypatch.setattr(qio.os, "replace", replace_then_fail)
+    monkeypatch.setattr(qio_staging.os, "replace", replace_then_fail)
     with pytest.raises(KeyboardInterrupt):
         staging.commit()
     assert list(tmp_path.iterdir()) == []
@@ -737,7 +740,7 @@ def test_staged_files_sigint_during_commit_is_held_then_rolls_back(tmp_path, mon
         real_replace(src, dst)
         calls.append(dst)
 
-    monkeypatch.setattr(qio.os, "replace", replace_with_sigint)
+    monkeypatch.setattr(qio_staging.os, "replace", replace_with_sigint)
     with pytest.raises(KeyboardInterrupt):
         staging.commit()
     release.set()

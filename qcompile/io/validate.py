@@ -9,8 +9,8 @@
    function recursion, tensor byte counts) on the serialized model — on a topologically sorted copy when the
    graph is valid but written out of order, which ONNX Runtime accepts.
 
-It returns the serialized model ready for ONNX Runtime (``None`` above protobuf's 2 GiB limit, where these
-checks are skipped: such a model cannot be serialized as one message). ``with_unique_node_names`` gives the copy
+It returns the serialized model ready for ONNX Runtime (``None`` above ``SERIALISABLE_BYTES``, protobuf's 2 GiB
+limit less its margin, where these checks are skipped: such a model cannot be serialized as one message). ``with_unique_node_names`` gives the copy
 ONNX Runtime can load when the main graph repeats a node name (ORT refuses that; the compiler renames them).
 """
 
@@ -21,25 +21,19 @@ from collections import defaultdict, deque
 
 import onnx
 
-from qcompile.errors import ModelLoadError
+from qcompile.io.limits import SERIALISABLE_BYTES
+from qcompile.io.messages import load_error
 
-__all__ = ["MAX_CHECKED_BYTES", "check_model_structure", "with_unique_node_names"]
+__all__ = ["check_model_structure", "with_unique_node_names"]
 
 logger = logging.getLogger(__name__)
 
-#: Models larger than this (serialized) skip onnx.checker: protobuf cannot encode a message over 2 GiB.
-MAX_CHECKED_BYTES = (2 << 30) - (64 << 20)
 #: Checker messages can hold whole node dumps; the error line keeps their start.
-_MAX_DETAIL_CHARS = 400
-
-
-def _one_line(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+_MAX_ERROR_CHARS = 800
 
 
 def _error(name: str, reason: str) -> ModelLoadError:
-    return ModelLoadError(_one_line(f"cannot load model {name}: {reason}", 2 * _MAX_DETAIL_CHARS))
+    return load_error(name, reason, _MAX_ERROR_CHARS)
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -159,7 +153,7 @@ def check_model_structure(model: onnx.ModelProto, name: str, size_bytes: int) ->
     """Validate ``model`` (see module docstring); return its serialized form for ONNX Runtime, or None when
     it is too large to serialize as one message (then only the data-flow check ran)."""
     in_order = _check_data_flow(model.graph, name)
-    if size_bytes > MAX_CHECKED_BYTES:
+    if size_bytes > SERIALISABLE_BYTES:
         logger.info("model %s is %d bytes: onnx.checker skipped (protobuf's 2 GiB message limit)", name, size_bytes)
         return None
     runnable = with_unique_node_names(model)
