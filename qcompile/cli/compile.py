@@ -47,9 +47,15 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
         return
     summary = result.report.data["summary"]
     fidelity = result.report.fidelity.get("outputs", {})
+    decode = result.report.fidelity.get("decode")
+    if decode:   # a KV-cache decoder: its cache outputs are inputs of the next step, the decode check covers them
+        fidelity = {name: v for name, v in fidelity.items() if not name.startswith("present")}
     fid_text = ", ".join(
         f"{name}: cos {v['cosine_mean']:.4f}" + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "")
         for name, v in fidelity.items())
+    if decode and decode.get("prompts"):
+        fid_text += (f"; greedy decode vs FP32: first token {decode['first_token']:.2f}, "
+                     f"matching prefix {decode['matching_prefix']:.2f} of {decode['new_tokens']}")
     click.echo(f"wrote {out_path} ({summary['quantized_nodes']} nodes quantised, "
                f"size {summary['size_ratio']:.2f}x; {fid_text or 'fidelity not measured'})")
     click.echo(f"report {out_report}")
