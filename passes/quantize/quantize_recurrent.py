@@ -33,7 +33,7 @@ from qcompile.graph.edits import Namer
 from qcompile.graph.ops import RECURRENT_OPS
 from qcompile.graph.scopes import all_graphs
 from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
-from qcompile.selection import select_nodes
+from qcompile.selection import NodeSelection, select_nodes
 
 RECURRENT_WEIGHT_INPUTS = (1, 2)            # W, R in LSTM, GRU and RNN
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -99,6 +99,14 @@ def choose_form(node: gs.Node, target: Target) -> tuple[RecurrentForm, str]:
     return RecurrentForm.DYNAMIC_QUANTIZE, f"hidden_size {hidden} >= {DYNAMIC_MIN_HIDDEN} on the CPU: integer kernel"
 
 
+def plan_recurrent(node: gs.Node, selection: NodeSelection, target: Target) -> tuple[RecurrentForm | None, str]:
+    """(form, why) for a selected, quantisable recurrent node, else (None, why it stays float)."""
+    reason = selection.reason if not selection.selected else unsupported_reason(node)
+    if reason:
+        return None, reason
+    return choose_form(node, target)
+
+
 def float_kernel_by_design(decision: NodeDecision) -> bool:
     """A quantised recurrent node in the DequantizeLinear form: ORT runs its float kernel on the DQ'd weights."""
     return decision.op_type in RECURRENT_OPS and decision.detail.get("form") == RecurrentForm.DEQUANTIZE_LINEAR.value
@@ -157,16 +165,14 @@ class QuantizeRecurrentPass(GraphPass):
             selections = select_nodes(scope, ctx.config, subgraph=scope is not graph)
             changed = False
             for node in [n for n in scope.nodes if n.op in RECURRENT_OPS]:
-                selection = selections[node.name]
-                reason = selection.reason if not selection.selected else unsupported_reason(node)
-                if reason:
-                    ctx.decide(NodeDecision(node.name, node.op, NodeStatus.SKIPPED, reason))
+                op = node.op                           # the decision names the op the user wrote
+                form, reason = plan_recurrent(node, selections[node.name], ctx.config.target)
+                if form is None:
+                    ctx.decide(NodeDecision(node.name, op, NodeStatus.SKIPPED, reason))
                     stats["skipped"] += 1
                     continue
-                op = node.op                           # the decision names the op the user wrote
-                form, form_reason = choose_form(node, ctx.config.target)
                 detail = {"weight_dtype": "int8", "granularity": "gate row", "form": form.value,
-                          "form_reason": form_reason, "weights": [node.inputs[i].name for i in RECURRENT_WEIGHT_INPUTS]}
+                          "form_reason": reason, "weights": [node.inputs[i].name for i in RECURRENT_WEIGHT_INPUTS]}
                 if form is RecurrentForm.DYNAMIC_QUANTIZE:
                     rewrite_as_dynamic_lstm(node, namer)
                 else:
