@@ -4,6 +4,7 @@ on the dequantised weights (exact) and against FP32 (tolerance), the form rule, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.api import compile_model
+from qcompile.cli import main
 from qcompile.config import CompileConfig, Target
 from qcompile.graph.scopes import proto_graphs
 from qcompile.passes.quantize.quantize_recurrent import (DYNAMIC_MIN_HIDDEN, GATES, RecurrentForm, choose_form,
@@ -166,3 +169,17 @@ def test_recurrent_weights_in_nested_if_bodies_are_quantised():
             if producer.op_type == "Reshape":
                 producer = produced[producer.input[0]]
             assert producer.op_type == "DequantizeLinear"
+
+
+def test_cli_accepts_recurrent_op_types(tmp_path):
+    model, _ = _recurrent_model("LSTM", hidden=8)
+    path = tmp_path / "lstm.onnx"
+    path.write_bytes(model.SerializeToString())
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for index, feed in enumerate(_samples(2)):
+        np.savez(calib / f"{index}.npz", **feed)
+    result = CliRunner().invoke(main, [str(path), "--calib", str(calib), "--no-progress", "--op-types", "Conv,LSTM"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "lstm.qdq.report.json").read_text())
+    assert [n["status"] for n in report["nodes"] if n["name"] == "lstm0"] == ["quantized"]
