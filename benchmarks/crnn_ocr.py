@@ -12,7 +12,9 @@ grayscale, /255, [1, 1, 64, W]. Decoding is ddddocr's greedy CTC: argmax per ste
 dropped. String agreement is the fraction of eval images whose decoded index sequence equals FP32's; accuracy
 is against the rendered text (through the beta charset parsed from ddddocr's charset_manager.py).
 
-Methods: qcompile defaults; qcompile --quantize-classifier; onnxruntime.quantization quantize_static (QDQ,
+Methods: qcompile defaults; qcompile --quantize-classifier (with per-node sensitivity: the five most sensitive
+nodes are listed); the same with --method percentile / entropy; with an accuracy budget (string agreement on
+``--budget-samples`` images of a third seed, the most sensitive nodes fall back to float until it holds); onnxruntime.quantization quantize_static (QDQ,
 per-channel and per-tensor, MinMax, QUInt8/QInt8, the same calibration images) and quantize_dynamic (QInt8, its defaults, which
 turn the LSTM into DynamicQuantizeLSTM). Latency: median of ``--runs`` runs at one ORT thread on a 160 px wide
 image (noisy on a shared machine). Compile time: wall clock of each quantiser, calibration included.
@@ -36,13 +38,15 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from qcompile import compile_model
-from qcompile.config import CompileConfig
+from qcompile.config import (AccuracyBudget, AnalysisConfig, CalibrationMethod as QCalibrationMethod, CompileConfig,
+                             LayerAnalysis, QuantSpec)
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MODEL_INPUT = "input1"
 TARGET_HEIGHT = 64
-CALIB_SEED, EVAL_SEED = 1000, 2000
+CALIB_SEED, EVAL_SEED, BUDGET_SEED = 1000, 2000, 3000
+OUTPUT = "387"                   # logits [T, 1, 8210] (the model declares [1, seqlen])
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -161,12 +165,25 @@ def ort_dynamic(model_path: Path, out: Path, calib) -> None:
     quantize_dynamic(str(model_path), str(out), weight_type=QuantType.QInt8)
 
 
-def qcompile_method(config: CompileConfig):
+def string_agreement(fp32_outputs, quantised_outputs) -> float:
+    """The budget metric: fraction of items whose greedy-CTC strings agree (lists of {output: array})."""
+    return float(np.mean([ctc_decode(a[OUTPUT]) == ctc_decode(b[OUTPUT])
+                          for a, b in zip(fp32_outputs, quantised_outputs)]))
+
+
+def qcompile_method(config: CompileConfig, **kwargs):
     def run(model_path: Path, out: Path, calib) -> dict:
-        result = compile_model(str(model_path), calib, config)
+        result = compile_model(str(model_path), calib, config, **kwargs)
         result.save(out)
         return result.report.data
     return run
+
+
+def most_sensitive(report: dict, count: int = 5) -> list[tuple[str, str, float]]:
+    """(name, op, relative output error with only that node quantised) of the ``count`` most sensitive nodes."""
+    nodes = [n for n in report.get("layers", {}).get("nodes", []) if "sensitivity_rank" in n]
+    nodes.sort(key=lambda n: n["sensitivity_rank"])
+    return [(n["name"], n.get("op_type", "?"), n["sensitivity"]["relative_error"]) for n in nodes[:count]]
 
 
 def part_configs(model: onnx.ModelProto) -> dict[str, CompileConfig]:
@@ -189,6 +206,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--per-layer", action="store_true", help="also quantise Conv / LSTM / Gemm one at a time")
+    parser.add_argument("--budget", type=float, default=0.99, help="string agreement the budget row must keep")
+    parser.add_argument("--budget-samples", type=int, default=100, help="images (own seed) the budget is held on")
     parser.add_argument("--work-dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -204,13 +223,25 @@ def main(argv=None) -> int:
     fp32_accuracy = np.mean(["".join(charset[i] for i in r) == t for r, t in zip(reference, texts)])
     print(f"FP32: {model_path} ({model_path.stat().st_size / 1e6:.1f} MB), accuracy vs rendered text "
           f"{fp32_accuracy:.3f} on {len(evals)} eval images, {len(calib)} calibration images")
+    budget_set, _ = make_set(args.budget_samples, BUDGET_SEED, fonts)     # held out from calib and eval
+    percentile = QuantSpec(method=QCalibrationMethod.PERCENTILE)
     methods = {"qcompile defaults": qcompile_method(CompileConfig()),
-               "qcompile --quantize-classifier": qcompile_method(CompileConfig(quantize_classifier=True)),
+               "qcompile --quantize-classifier": qcompile_method(CompileConfig(
+                   quantize_classifier=True, analysis=AnalysisConfig(layers=LayerAnalysis.SENSITIVITY))),
+               "qcompile --quantize-classifier --method percentile": qcompile_method(CompileConfig(
+                   quantize_classifier=True, activation=percentile)),
+               "qcompile --quantize-classifier --method entropy": qcompile_method(CompileConfig(
+                   quantize_classifier=True, activation=QuantSpec(method=QCalibrationMethod.ENTROPY))),
+               f"qcompile --quantize-classifier, budget: string agreement >= {args.budget}": qcompile_method(
+                   CompileConfig(quantize_classifier=True, accuracy_budget=AccuracyBudget(
+                       min_metric=args.budget, eval_samples=args.budget_samples)),
+                   eval_data=budget_set, metric=string_agreement),
                "ort quantize_static (QDQ, per-channel)": ort_static(True),
                "ort quantize_static (QDQ, per-tensor)": ort_static(False),
                "ort quantize_dynamic": ort_dynamic}
     if args.per_layer:
         methods.update({name: qcompile_method(config) for name, config in part_configs(model).items()})
+    sensitive: list[tuple] = []
     rows = [("FP32", 1.0, 1.0, fp32_accuracy, 0.0, latency_ms(fp32, args.runs), "")]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="crnn-ocr-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -235,6 +266,10 @@ def main(argv=None) -> int:
                 if entry.get("status") == "quantized":
                     kinds[entry["op_type"]] = kinds.get(entry["op_type"], 0) + 1
             note = "quantised: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+            fallback = report.get("fallback") or {}
+            if fallback.get("nodes"):
+                note += f"; fell back to float: {', '.join(fallback['nodes'])}"
+            sensitive.extend((name, *entry) for entry in most_sensitive(report))
         rows.append((name, out.stat().st_size / model_path.stat().st_size, agreement, accuracy, seconds,
                      latency_ms(sess, args.runs), note))
         logging.warning("%s: %s", name, rows[-1][1:])
@@ -243,6 +278,12 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, ratio, agreement, accuracy, seconds, ms, note in rows:
         print(f"| {name} | {ratio:.3f} | {agreement:.3f} | {accuracy:.3f} | {seconds:.1f} | {ms:.1f} | {note} |")
+    if sensitive:
+        print()
+        print("| compile | node | op | relative logit error, only this node quantised |")
+        print("|---|---|---|---|")
+        for compile_name, node, op, error in sensitive:
+            print(f"| {compile_name} | {node} | {op} | {error:.4f} |")
     return 0
 
 
