@@ -38,8 +38,9 @@ from qcompile.passes.transform.split_outlier_channels import SplitOutlierChannel
 
 
 def weight_only_passes(config: CompileConfig) -> tuple[GraphPass, ...]:
-    """The quantize step of the weight-only presets (w4a16, w8a16): no activation quantisation."""
-    return (WeightOnlyQuantizePass(), WeightOnlyEmbeddingPass())
+    """The quantize step of the weight-only presets (w4a16, w8a16): no activation quantisation (recurrent
+    layers: int8 W/R, as in the static pipeline)."""
+    return (WeightOnlyQuantizePass(), QuantizeRecurrentPass(), WeightOnlyEmbeddingPass())
 
 
 def build_steps(config: CompileConfig) -> list[Step]:

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.api import compile_model
 from qcompile.cli import main
-from qcompile.config import CompileConfig, Target
+from qcompile.config import CompileConfig, Preset, Target
 from qcompile.graph.scopes import proto_graphs
 from qcompile.passes.quantize.quantize_recurrent import (DYNAMIC_MIN_HIDDEN, GATES, RecurrentForm, choose_form,
                                                          dequantize_rows, quantize_rows)
@@ -183,3 +183,15 @@ def test_cli_accepts_recurrent_op_types(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "lstm.qdq.report.json").read_text())
     assert [n["status"] for n in report["nodes"] if n["name"] == "lstm0"] == ["quantized"]
+
+
+@pytest.mark.parametrize("config", [CompileConfig(target=Target.CUDA), CompileConfig(target=Target.TENSORRT),
+                                    CompileConfig(preset=Preset.W4A16)], ids=["cuda", "tensorrt", "w4a16-cpu"])
+def test_other_targets_and_weight_only_presets_quantise_recurrent_weights(config):
+    model, _ = _recurrent_model("LSTM", hidden=DYNAMIC_MIN_HIDDEN, directions=2)
+    result = compile_model(model, _samples(4), config)
+    (entry,) = [n for n in result.report.data["nodes"] if n["name"] == "lstm0"]
+    expected = "dynamic_quantize" if config.target is Target.CPU else "dequantize_linear"
+    assert entry["status"] == "quantized" and entry["form"] == expected
+    for feed in _samples(2, seed=7):         # every emitted model runs on ORT's CPU EP (CUDA: float16 LSTM)
+        assert _relative_error(run_unoptimized(result.model, feed)[0], run_unoptimized(model, feed)[0]) < 0.03
