@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=0.99, help="string agreement the budget row must keep")
     parser.add_argument("--budget-samples", type=int, default=100, help="images (own seed) the budget is held on")
     parser.add_argument("--work-dir", type=Path)
+    parser.add_argument("--only", action="append", help="run only the methods whose name contains this (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     ort.set_default_logger_severity(3)   # the model declares its output [1, seqlen]; ORT warns on every run
@@ -241,6 +242,8 @@ def main(argv=None) -> int:
                "ort quantize_dynamic": ort_dynamic}
     if args.per_layer:
         methods.update({name: qcompile_method(config) for name, config in part_configs(model).items()})
+    if args.only:
+        methods = {name: method for name, method in methods.items() if any(part in name for part in args.only)}
     sensitive: list[tuple] = []
     rows = [("FP32", 1.0, 1.0, fp32_accuracy, 0.0, latency_ms(fp32, args.runs), "")]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="crnn-ocr-"))
@@ -268,7 +271,7 @@ def main(argv=None) -> int:
             note = "quantised: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
             fallback = report.get("fallback") or {}
             if fallback.get("nodes"):
-                note += f"; fell back to float: {', '.join(fallback['nodes'])}"
+                note += f"; fell back to float: {', '.join(n['name'] for n in fallback['nodes'])}"
             sensitive.extend((name, *entry) for entry in most_sensitive(report))
         rows.append((name, out.stat().st_size / model_path.stat().st_size, agreement, accuracy, seconds,
                      latency_ms(sess, args.runs), note))
