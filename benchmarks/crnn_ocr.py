@@ -181,7 +181,7 @@ def qcompile_method(config: CompileConfig, **kwargs):
 
 def most_sensitive(report: dict, count: int = 5) -> list[tuple[str, str, float]]:
     """(name, op, relative output error with only that node quantised) of the ``count`` most sensitive nodes."""
-    nodes = [n for n in report.get("layers", {}).get("nodes", []) if "sensitivity_rank" in n]
+    nodes = [n for n in (report.get("layers") or {}).get("nodes", []) if "sensitivity_rank" in n]
     nodes.sort(key=lambda n: n["sensitivity_rank"])
     return [(n["name"], n.get("op_type", "?"), n["sensitivity"]["relative_error"]) for n in nodes[:count]]
 
