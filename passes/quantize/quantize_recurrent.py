@@ -84,6 +84,7 @@ def choose_form(node: gs.Node, target: Target) -> tuple[RecurrentForm, str]:
     DequantizeLinear form. Measured (benchmarks/recurrent_forms.py --bidirectional, T = 40, I = H, 1 thread, ORT
     1.32, a loaded 2-core machine): median ms float / DQ form / dynamic: H 8: 0.031 / 0.037 / 0.055, H 32:
     0.064 / 0.059 / 0.061, H 64: 0.108 / 0.139 / 0.088, H 128: 0.46 / 0.73 / 0.28, H 512: 34.9 / 34.1 / 2.4.
+    A second run: H 64: 0.153 / 0.213 / 0.130, H 128: 0.46 / 0.45 / 0.18, H 512: 53.0 / 54.9 / 8.3.
     The DQ form dequantises W and R on every run, so it is never faster than float. Error (relative L2 of Y vs
     float): dynamic 0.7-1.2 %, DQ form 0.3-0.45 %; the dynamic kernel's extra error is that of 8-bit per-tensor
     activations, the same as every static-Q/DQ Conv/MatMul input, so it is accepted."""
