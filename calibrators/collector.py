@@ -67,7 +67,7 @@ def _output_model(graph: gs.Graph, tensor_names: Sequence[str]):
             tensor.dtype = np.float32
         outputs.append(tensor)
     copy.outputs = outputs
-    copy.cleanup()
+    copy.cleanup().toposort()   # graphsurgeon's sort, bodies included: exposure appends nodes to them
     aliases = {e.output.name: (e.requested, e.stacked_axes) for e in exposed.values()}
     if total_constant_bytes(copy) > LARGE_MODEL_BYTES:
         # over protobuf's 2 GB limit: export the structure only, the weights go to ORT from memory

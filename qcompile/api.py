@@ -34,8 +34,10 @@ from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
+from qcompile.graph.scopes import proto_graphs
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
+from qcompile.passes.quantize.quantize_recurrent import float_kernel_by_design
 from qcompile.pipeline import build_steps
 from qcompile.preparation import Preparation, prepare_compile
 from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
@@ -252,10 +254,12 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
         _warn(ctx, "no node was quantised: " + (
             f"{len(skipped)} compute node(s) skipped, see nodes[].reason" if skipped
-            else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
+            else "the graph has no Conv/ConvTranspose/MatMul/Gemm/LSTM/GRU/RNN with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
-    fusion = check_fusion(emission.model, quantized_names) \
-        if quantized_names and profile.cpu_fusion_check and config.custom_op_library is None else None
+    # a recurrent node with DequantizeLinear weights runs its float kernel by design: nothing to fuse
+    integer_names = [n for n in quantized_names if not float_kernel_by_design(ctx.decisions[n])]
+    fusion = check_fusion(emission.model, integer_names) \
+        if integer_names and profile.cpu_fusion_check and config.custom_op_library is None else None
     if fusion is not None and fusion.unfused:
         _warn(ctx, f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}")
     for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
@@ -327,7 +331,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model.producer_version = __version__
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
-    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+    if any(n.domain == "com.microsoft" for g in proto_graphs(model.graph) for n in g.node) and \
             not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.add(domain="com.microsoft", version=1)   # contrib ops (MatMulNBits, ...)
     del model.metadata_props[:]

@@ -6,6 +6,7 @@
     transform : SmoothQuant (per-channel scales moved from activations into weights)     (channel stats)
                 → outlier-channel splitting (off by default)                              (channel stats)
     quantize  : select nodes, insert Q/DQ in the main graph and every If/Loop/Scan body (activation ranges)
+                → int8 W/R of LSTM/GRU/RNN in every graph (no data)
     lower     : keep float Conv/Gemm float in ORT (a Max between a DQ and them), remove what the rewrite left
                 unused, float remainder to float16 where the target profile asks (CUDA)   (no data)
 
@@ -31,13 +32,15 @@ from qcompile.passes.quantize.quantize_subgraphs import QuantizeAllGraphsPass
 from qcompile.passes.quantize.quantize_weight_only import WeightOnlyQuantizePass
 from qcompile.passes.quantize.weight_only_embedding import WeightOnlyEmbeddingPass
 from qcompile.passes.quantize.quantize_gather import QuantizeGatherPass
+from qcompile.passes.quantize.quantize_recurrent import QuantizeRecurrentPass
 from qcompile.passes.transform.smooth_quant import SmoothQuantPass
 from qcompile.passes.transform.split_outlier_channels import SplitOutlierChannelsPass
 
 
 def weight_only_passes(config: CompileConfig) -> tuple[GraphPass, ...]:
-    """The quantize step of the weight-only presets (w4a16, w8a16): no activation quantisation."""
-    return (WeightOnlyQuantizePass(), WeightOnlyEmbeddingPass())
+    """The quantize step of the weight-only presets (w4a16, w8a16): no activation quantisation (recurrent
+    layers: int8 W/R, as in the static pipeline)."""
+    return (WeightOnlyQuantizePass(), QuantizeRecurrentPass(), WeightOnlyEmbeddingPass())
 
 
 def build_steps(config: CompileConfig) -> list[Step]:
@@ -50,7 +53,7 @@ def build_steps(config: CompileConfig) -> list[Step]:
                          InferShapesPass())),
         Step("transform", (SmoothQuantPass(),)),
         Step("transform", (SplitOutlierChannelsPass(),)),   # its own step: statistics after smoothing
-        Step("quantize", (QuantizeAllGraphsPass(), QuantizeGatherPass())),
+        Step("quantize", (QuantizeAllGraphsPass(), QuantizeRecurrentPass(), QuantizeGatherPass())),
         Step("lower", (KeepFloatPass(), CleanupPass(), ConvertFloat16Pass())),   # float16: only if the target asks
     ]
     if weight_only:

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity, QuantSpec
 from qcompile.graph.edits import replace_uses
-from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, WEIGHT_INPUT
+from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, RECURRENT_OPS, WEIGHT_INPUT
 from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
@@ -108,6 +108,8 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
 
     for node in graph.nodes:
         selection = selections.get(node.name)
+        if node.op in RECURRENT_OPS:
+            continue           # QuantizeRecurrentPass's (weights only, no activation Q/DQ)
         if selection is None or not selection.selected:
             if selection is not None and node.op in _WEIGHT_INPUT:
                 skipped[node.name] = (node.op, selection.reason)

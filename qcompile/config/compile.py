@@ -19,7 +19,9 @@ from qcompile.config.weight_only import NumberFormat, Preset, WeightOnlyConfig
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
 
-DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+STATIC_COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")   # y = f(x, W[, b]): Q/DQ on x and W
+RECURRENT_OP_TYPES = ("LSTM", "GRU", "RNN")                            # int8 W and R, float recurrence
+DEFAULT_OP_TYPES = STATIC_COMPUTE_OP_TYPES + RECURRENT_OP_TYPES
 QUANTIZABLE_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Add", "Mul"}
 
 
