@@ -12,9 +12,9 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -28,10 +28,12 @@ from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
+from qcompile.data.readers import data_file_paths
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
+from qcompile.io.output_guard import OutputGuard
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
 from qcompile.pipeline import build_steps
@@ -51,13 +53,20 @@ CalibSource = str | Path | Iterable[Mapping[str, np.ndarray]]
 class CompileResult:
     model: onnx.ModelProto
     report: CompileReport
+    inputs: OutputGuard = field(default_factory=OutputGuard)   # the files the compile read
 
-    def save(self, path: str | Path, report_path: str | Path | None = None, *,
+    def save(self, path: str | Path, report_path: str | Path | None = None, *, overwrite: bool = False,
              protected: Iterable[Path] = ()) -> tuple[Path, Path]:
-        """Write the model and its JSON report atomically; nothing is left behind if either write fails."""
+        """Write the model and its JSON report atomically; nothing is left behind if either write fails.
+
+        Never onto a file the compile read (model, external data, calibration and eval files, ``protected``);
+        an existing file only with ``overwrite=True`` (qcompile/io/output_guard.py)."""
         path = Path(path)
         report_path = Path(report_path) if report_path else default_report_path(path)
-        protected = tuple(Path(p) for p in protected) + tuple(_input_paths(self.report))
+        guard = OutputGuard(self.inputs.reads, overwrite).reading("protected file", protected)
+        guard = guard.reading("input model", _input_paths(self.report))
+        guard.check([(path, "output model"), (report_path, "report")])
+        protected = guard.protected
         staging = StagedFiles()   # both files (and a data file) are renamed into place together, or none
         try:
             written = save_model(self.model, path, protected=protected, staging=staging)
@@ -99,13 +108,17 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str):
 
 
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
-                  progress: bool = False, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
+                  progress: bool = False, eval_data: Any = None, metric: Metric | None = None,
+                  guard: OutputGuard | None = None, outputs: Sequence[tuple[str | Path, str]] = ()) -> CompileResult:
     """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts).
 
     With ``config.accuracy_budget``, the most sensitive nodes fall back to float until the budget holds on
     ``eval_data`` (folder, .npz file or iterable of feed dicts; default: the first calibration items), and
     ``metric(fp32_outputs, quantised_outputs) -> float`` (lists of {output: array} per eval item, higher is
-    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py)."""
+    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py).
+
+    ``outputs`` ((path, what) pairs the caller will save to) are checked by the output guard (``guard`` plus
+    every file this compile reads) as soon as those files are known, before any work."""
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
@@ -113,7 +126,18 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     check_input_model(loaded, config.custom_op_library)
     with contextlib.ExitStack() as stack:
         source = _open_calibration(calib, loaded.model, config, stack)
-        return _compile(loaded, source, config, progress, started, eval_data, metric)
+        reads = _files_read(guard or OutputGuard(), loaded, source, eval_data)
+        reads.check(outputs)
+        result = _compile(loaded, source, config, progress, started, eval_data, metric)
+        return replace(result, inputs=reads)
+
+
+def _files_read(guard: OutputGuard, loaded: LoadedModel, source: CalibrationSource, eval_data: Any) -> OutputGuard:
+    folder = source.folder_files
+    guard = guard.reading("input model", [loaded.path] if loaded.path else [])
+    guard = guard.reading("external data file", loaded.external_data_files)
+    guard = guard.reading("calibration file", folder.paths if folder is not None else ())
+    return guard.reading("eval data file", data_file_paths(eval_data) if isinstance(eval_data, (str, Path)) else ())
 
 
 def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:

@@ -16,7 +16,8 @@ from qcompile.api import compile_model, default_output_path, default_report_path
 from qcompile.cli.build import CompileFlags, build_config
 from qcompile.cli.options import (accuracy_options, calibration_options, debug_option, progress_options,
                                   selection_options, target_options, transformer_options, weight_only_options)
-from qcompile.errors import ModelSaveError
+from qcompile.cli.guard import compile_guard
+from qcompile.errors import ConfigError, ModelSaveError
 
 
 @click.command("compile")
@@ -26,6 +27,7 @@ from qcompile.errors import ModelSaveError
               help="Output model path (default: MODEL.qdq.onnx beside the input).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Report path (default: OUTPUT with .report.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output model or report (never an input).")
 @selection_options
 @target_options
 @calibration_options
@@ -34,15 +36,22 @@ from qcompile.errors import ModelSaveError
 @transformer_options
 @progress_options
 @debug_option
-def compile_command(model: Path, calib: str, output: Path | None, report_path: Path | None, eval_data: str | None,
-                    no_progress: bool, verbose: int, quiet: bool, debug: bool, **flags: Any) -> None:
+def compile_command(model: Path, calib: str, output: Path | None, report_path: Path | None, overwrite: bool,
+                    eval_data: str | None, no_progress: bool, verbose: int, quiet: bool, debug: bool,
+                    **flags: Any) -> None:
     """Quantise MODEL with activation ranges calibrated on --calib data."""
+    if not calib.strip():
+        raise ConfigError("--calib is empty; name the folder of calibration files")
     config = build_config(CompileFlags(**flags))
     output = output or default_output_path(model)
     report_path = report_path or default_report_path(output)
     refuse_overwrite(model, output, report_path)
-    result = compile_model(model, calib, config, progress=not no_progress and not quiet, eval_data=eval_data)
-    out_path, out_report = result.save(output, report_path, protected=(model,))
+    guard = compile_guard(model, calib, flags.get("config_path"), eval_data, overwrite)
+    outputs = [(output, "output model"), (report_path, "report")]
+    guard.check(outputs)
+    result = compile_model(model, calib, config, progress=not no_progress and not quiet, eval_data=eval_data,
+                           guard=guard, outputs=outputs)
+    out_path, out_report = result.save(output, report_path, overwrite=overwrite, protected=guard.protected)
     if quiet:
         return
     summary = result.report.data["summary"]
@@ -70,14 +79,8 @@ def fallback_summary(fallback: dict) -> str:
 
 
 def refuse_overwrite(model: Path, output: Path, report: Path) -> None:
-    """Before the compile, not after minutes of work: neither output may be the input, nor each other, nor
-    anything but a regular file in an existing folder."""
-    def same(a: Path, b: Path) -> bool:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    if same(output, model) or same(report, model):
-        raise ModelSaveError(f"refusing to overwrite the input model {model}; choose another -o/--output")
-    if output.resolve() == report.resolve():
-        raise ModelSaveError("the output model and the report must be different files")
+    """Before the compile, not after minutes of work: each output is a regular file in an existing folder (what
+    it may not alias is the output guard's rule, qcompile/io/output_guard.py)."""
     for path in (output, report):
         if not path.parent.is_dir():
             raise ModelSaveError(f"cannot write {path}: folder {path.parent} does not exist")

@@ -195,3 +195,17 @@ def load_image(path: Path, plan: ImagePlan) -> Feed:
     if plan.layout is ImageLayout.NCHW:
         x = x.transpose(2, 0, 1)
     return {plan.name: np.ascontiguousarray(x[None], dtype=np.float32)}
+
+
+def data_file_paths(path: str | os.PathLike | None) -> list[Path]:
+    """The files a data argument names: the file itself, or a folder's calibration files (a listing only; the
+    output guard protects them, and the readers report an unreadable folder)."""
+    if not path:
+        return []
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    try:
+        return [Path(e.path) for e in os.scandir(p) if e.is_file() and Path(e.name).suffix.lower() in KIND_BY_SUFFIX]
+    except OSError:
+        return []

@@ -178,7 +178,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto, *,
         model = _parse(data, name)
         del data
         _check_inline_sizes(model, name)  # before external data is read into raw_data (checked there)
-        files = _load_external_data(model, path.parent, name, max_bytes, file_size)
+        files = _load_external_data(model, path.parent, name, max_bytes, file_size, model_path=path)
     else:
         raise TypeError(f"load_model expects a path, bytes or onnx.ModelProto, not {type(source).__name__}")
     _check_structure(model, name)

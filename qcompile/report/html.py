@@ -54,6 +54,8 @@ def _num(value: Any, digits: int = 4) -> str:
         return "∞" if value == "inf" else _e(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if not isinstance(value, (int, float)):   # a report from elsewhere may hold anything (report_schema.py)
+        return "–"
     if isinstance(value, int):
         return f"{value:,}"
     if not math.isfinite(value):
@@ -162,9 +164,9 @@ def _sqnr_chart(layers: Mapping[str, Any]) -> str:
         return '<p class="muted">No per-layer SQNR in this report.</p>'
     note = ""
     if len(nodes) > MAX_CHART_ROWS:
-        keep = {n["name"] for n in sorted(nodes, key=lambda n: _db(n["output_sqnr_db"]))[:MAX_CHART_ROWS]}
+        keep = {id(n) for n in sorted(nodes, key=lambda n: _db(n["output_sqnr_db"]))[:MAX_CHART_ROWS]}
         note = f'<p class="muted">{len(nodes)} layers; the {MAX_CHART_ROWS} with the lowest SQNR are drawn.</p>'
-        nodes = [n for n in nodes if n["name"] in keep]
+        nodes = [n for n in nodes if id(n) in keep]
     finite = [v for n in nodes for v in (_db(n.get("output_sqnr_db")), _db(n.get("output_sqnr_db_after")))
               if v is not None and math.isfinite(v)]
     top = max(10.0, math.ceil(max(finite, default=40.0) / 10) * 10)
@@ -327,21 +329,6 @@ def render_html(data: Mapping[str, Any]) -> str:
             "img-src data:\">"
             f"<title>qcompile report: {_e(Path(str(source)).name)}</title><style>{_CSS}</style></head>"
             f"<body><main>{''.join(sections)}</main></body></html>")
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """A compile report's JSON; ReportError if it cannot be read."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"cannot read report {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"report {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "summary" not in data:
-        raise ReportError(f"{path} is not a qcompile compile report (no summary)")
-    return data
 
 
 def default_html_path(report_path: Path) -> Path:
