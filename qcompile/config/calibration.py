@@ -22,6 +22,11 @@ class CalibrationProvider(enum.Enum):
             else ("CPUExecutionProvider",)
 
 
+#: Largest image side, and pixels in all, that calibration decodes or resizes to (qcompile/data/limits.py).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 1 << 26
+
+
 class ImageLayout(enum.Enum):
     NCHW = "nchw"
     NHWC = "nhwc"
@@ -39,6 +44,10 @@ class ImageOptions:
     def __post_init__(self) -> None:
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
             raise ConfigError(f"image size must be two positive integers, got {self.size}")
+        if self.size is not None and (max(self.size) > MAX_IMAGE_SIDE
+                                      or self.size[0] * self.size[1] > MAX_IMAGE_PIXELS):
+            raise ConfigError(f"image size {self.size[0]}x{self.size[1]} is over the limit of {MAX_IMAGE_SIDE} per "
+                              f"side and {MAX_IMAGE_PIXELS:,} pixels in all")
         if len(self.mean) != len(self.std):
             raise ConfigError("image mean and std must have the same number of channels")
         if any(s <= 0 for s in self.std):

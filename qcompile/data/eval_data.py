@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.data.readers import check_npz_headers
 from qcompile.data.source import open_calibration_source
 from qcompile.data.specs import Feed, InputSpec
 from qcompile.errors import CalibrationDataError
@@ -53,6 +54,7 @@ def _npz_items(path: Path, specs: Sequence[InputSpec], max_items: int) -> tuple[
     except (OSError, ValueError) as exc:
         raise CalibrationDataError(f"cannot read eval data {path}: {exc}") from None
     with archive:
+        check_npz_headers(archive, archive.files, f"eval data {path}")
         names = {spec.name: spec.name for spec in specs if spec.name in archive.files}
         if len(specs) == 1 and not names:
             rank = len(specs[0].shape) if specs[0].shape is not None else None
