@@ -266,7 +266,8 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
     if not quantized_names:
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
         _warn(ctx, "no node was quantised: " + (
-            f"{len(skipped)} compute node(s) skipped, see nodes[].reason" if skipped
+            f"{len(skipped)} compute node(s) skipped (e.g. {skipped[0].name}: {skipped[0].reason}), see "
+            "nodes[].reason" if skipped
             else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
     fusion = check_fusion(emission.model, quantized_names) \
