@@ -58,17 +58,21 @@ selection_options = _stack(
     click.option("--quantize-classifier", is_flag=True, help="Quantise the final classifier too (float by default)."),
 )
 
+image_options = _stack(
+    click.option("--image-size", help="Image data: resize to N or HxW (default: the model's input size)."),
+    click.option("--mean", show_default=_csv(_DEFAULT.calibration.image.mean),
+                 help="Image data: per-channel mean after x/255, e.g. 0.485,0.456,0.406."),
+    click.option("--std", show_default=_csv(_DEFAULT.calibration.image.std),
+                 help="Image data: per-channel std after x/255, e.g. 0.229,0.224,0.225."),
+    click.option("--layout", type=EnumChoice(ImageLayout), show_default=_DEFAULT.calibration.image.layout.value,
+                 help="Image tensor layout."),
+)
+
 calibration_options = _stack(
     click.option("--num-samples", type=int, show_default="all", help="Use at most this many calibration samples."),
     click.option("--batch-size", type=int, show_default=str(_DEFAULT.calibration.batch_size),
                  help="Calibration batch size."),
-    click.option("--image-size", help="Image calibration: resize to N or HxW (default: the model's input size)."),
-    click.option("--mean", show_default=_csv(_DEFAULT.calibration.image.mean),
-                 help="Image calibration: per-channel mean after x/255, e.g. 0.485,0.456,0.406."),
-    click.option("--std", show_default=_csv(_DEFAULT.calibration.image.std),
-                 help="Image calibration: per-channel std after x/255, e.g. 0.229,0.224,0.225."),
-    click.option("--layout", type=EnumChoice(ImageLayout), show_default=_DEFAULT.calibration.image.layout.value,
-                 help="Image tensor layout."),
+    image_options,
     click.option("--method", type=EnumChoice(CalibrationMethod), show_default=_DEFAULT.activation.method.value,
                  help="Activation calibration method."),
     click.option("--percentile", type=float, show_default=str(_DEFAULT.activation.percentile),

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from qcompile.cli.build import CompileFlags, build_config
-from qcompile.cli.options import debug_option, json_option, selection_options
+from qcompile.cli.options import debug_option, image_options, json_option, selection_options
 from qcompile.cli.guard import report_guard
 from qcompile.io import write_text_atomic
 from qcompile.report.html import default_html_path, render_html
@@ -58,10 +58,14 @@ def inspect_command(model: Path, as_json: bool, debug: bool, **flags: Any) -> No
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per round.")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved rounds.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="ORT intra-op threads.")
+@image_options
 @json_option
 @debug_option
 def compare_command(reference: Path, candidate: Path, data: str, samples: int, runs: int, rounds: int, threads: int,
-                    as_json: bool, debug: bool) -> None:
+                    image_size: str | None, mean: str | None, std: str | None, layout: Any, as_json: bool,
+                    debug: bool) -> None:
     """Fidelity and latency of CANDIDATE (e.g. q.onnx) against REFERENCE (e.g. fp32.onnx) on --data."""
-    result = compare_models(reference, candidate, data, samples=samples, rounds=rounds, runs=runs, threads=threads)
+    image = build_config(CompileFlags(image_size=image_size, mean=mean, std=std, layout=layout)).calibration.image
+    result = compare_models(reference, candidate, data, samples=samples, rounds=rounds, runs=runs, threads=threads,
+                            image=image)
     click.echo(json.dumps(result, indent=2) if as_json else format_comparison(result))

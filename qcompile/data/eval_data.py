@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.config import ImageOptions
 from qcompile.data.readers import check_npz_headers
 from qcompile.data.source import open_calibration_source
 from qcompile.data.specs import Feed, InputSpec
@@ -31,7 +32,8 @@ class EvalData:
     held_out: bool = True             # False: calibration items stand in for held-out data
 
 
-def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int) -> EvalData:
+def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int,
+                   image: ImageOptions = ImageOptions()) -> EvalData:
     """At most ``max_items`` validated eval items from a folder, an .npz file or an iterable (module docstring)."""
     if isinstance(data, (str, Path)) and Path(data).is_file():
         path = Path(data)
@@ -40,7 +42,7 @@ def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int) -> Eva
         items, description = _npz_items(path, specs, max_items)
         source = open_calibration_source(items, specs)
     else:
-        source = open_calibration_source(data, specs, num_samples=max_items)
+        source = open_calibration_source(data, specs, num_samples=max_items, image=image)
         description = source.description
     items = tuple(source)
     if not items:

@@ -193,7 +193,7 @@ def image_plan(specs: Sequence[InputSpec], image: ImageOptions, folder: Path) ->
         size = (h, w)
     else:
         raise data_error(f"{where}, but input '{spec.name}' {format_shape(spec.shape)} does not fix height and "
-                         "width; set the image size")
+                         "width; pass --image-size N or HxW (API: ImageOptions(size=(h, w)))")
     mean = np.asarray(image.mean, dtype=np.float32)
     std = np.asarray(image.std, dtype=np.float32)
     if len(mean) != n_channels:
