@@ -242,7 +242,8 @@ def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
                 return collect_statistics(g, requests, source, progress=calib_bar,
                                           memory_budget_bytes=memory_budget_bytes,
                                           providers=config.calibration.provider.ort_providers,
-                                          custom_op_library=config.custom_op_library)
+                                          custom_op_library=config.custom_op_library,
+                                          sample_time_limit_s=config.calibration.sample_time_limit_s)
 
         records = run_steps(graph, steps, ctx, recorder.wrap(collect),
                             on_step=(lambda _s: bar.update(1)) if bar else None)
@@ -279,7 +280,8 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
     fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
-                                config.fidelity_samples, custom_op_library=config.custom_op_library)
+                                config.fidelity_samples, custom_op_library=config.custom_op_library,
+                                sample_time_limit_s=config.calibration.sample_time_limit_s)
     return Verification(tuple(quantized_names), fusion, fidelity)
 
 

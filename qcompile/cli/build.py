@@ -44,6 +44,7 @@ class CompileFlags:
     percentile: float | None = None
     num_samples: int | None = None
     batch_size: int | None = None
+    sample_time_limit: float | None = None
     image_size: str | None = None
     mean: str | None = None
     std: str | None = None
@@ -147,6 +148,8 @@ def _selection_and_calibration(config: CompileConfig, flags: CompileFlags) -> di
         calibration = dataclasses.replace(calibration, num_samples=flags.num_samples)
     if flags.batch_size is not None:
         calibration = dataclasses.replace(calibration, batch_size=flags.batch_size)
+    if flags.sample_time_limit is not None:
+        calibration = dataclasses.replace(calibration, sample_time_limit_s=flags.sample_time_limit)
     image_changes = {k: v for k, v in {"size": _image_size(flags.image_size), "mean": _floats(flags.mean, "--mean"),
                                        "std": _floats(flags.std, "--std")}.items() if v is not None}
     if flags.layout is not None:

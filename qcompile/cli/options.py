@@ -82,6 +82,8 @@ calibration_options = _stack(
                  help="Execution provider calibration runs on (cuda needs qcompile[gpu])."),
     click.option("--workers", help="Calibrate on Ray tasks, one per shard of --calib: 'ray' (local cluster) or "
                                    "ray://HOST:PORT; needs qcompile[distributed]."),
+    click.option("--sample-time-limit", type=float, show_default=f"{_DEFAULT.calibration.sample_time_limit_s:g}",
+                 help="Seconds one run of the model on one item may take (calibration, fidelity)."),
     click.option("--fidelity-samples", type=int, show_default=str(_DEFAULT.fidelity_samples),
                  help="Calibration items used to measure fidelity vs FP32."),
 )

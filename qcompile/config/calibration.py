@@ -22,6 +22,8 @@ class CalibrationProvider(enum.Enum):
             else ("CPUExecutionProvider",)
 
 
+#: Seconds one run of the model on one calibration / eval item may take (qcompile/runtime_ext/run_limit.py).
+DEFAULT_SAMPLE_TIME_LIMIT_S = 600.0
 #: Largest image side, and pixels in all, that calibration decodes or resizes to (qcompile/data/limits.py).
 MAX_IMAGE_SIDE = 16384
 MAX_IMAGE_PIXELS = 1 << 26
@@ -92,6 +94,7 @@ class CalibrationConfig:
     image: ImageOptions = field(default_factory=ImageOptions)
     workers: WorkersConfig | None = None  # None: calibrate in this process
     provider: CalibrationProvider = CalibrationProvider.CPU   # ORT EP the calibration runs on
+    sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S   # per run of one item; None: no limit
 
     def __post_init__(self) -> None:
         if self.num_samples is not None and self.num_samples < 1:
@@ -100,3 +103,5 @@ class CalibrationConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.memory_budget_mb < 1:
             raise ConfigError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
+        if self.sample_time_limit_s is not None and not self.sample_time_limit_s > 0:
+            raise ConfigError(f"sample_time_limit_s must be > 0 seconds, got {self.sample_time_limit_s}")
