@@ -28,6 +28,8 @@ from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
+from qcompile.data.holdout import split_holdout
+from qcompile.accuracy.fidelity_items import FidelityItems, fidelity_items, items_wanted
 from qcompile.data.readers import data_file_paths
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
@@ -128,7 +130,11 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
         source = _open_calibration(calib, loaded.model, config, stack)
         reads = _files_read(guard or OutputGuard(), loaded, source, eval_data)
         reads.check(outputs)
-        result = _compile(loaded, source, config, progress, started, eval_data, metric)
+        held_out = None
+        if eval_data is None:   # honest fidelity: part of the folder is held out of calibration (holdout.py)
+            source, held_out = split_holdout(source, items_wanted(config))
+        result = _compile(loaded, source, config, progress, started,
+                          eval_data if eval_data is not None else held_out, metric)
         return replace(result, inputs=reads)
 
 
@@ -212,7 +218,7 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
                                calibration=source, baseline=baseline, recorder=recorder, collect=collect,
                                export=_export, eval_data=eval_data, metric=metric)
     final = analysis.emission if analysis is not None else baseline
-    verification = _verify(loaded, final, prepared.profile, source)
+    verification = _verify(loaded, final, prepared.profile, fidelity_items(loaded.model, source, eval_data, config))
     return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
                                                            analysis, time.perf_counter() - started))
 
@@ -260,8 +266,8 @@ class Verification:
     fidelity: Mapping[str, Any]
 
 
-def _verify(loaded: LoadedModel, emission: Emission, profile, source: CalibrationSource) -> Verification:
-    """Warn about what stayed float, check ORT's fusions, and measure fidelity on the calibration items."""
+def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: FidelityItems) -> Verification:
+    """Warn about what stayed float, check ORT's fusions, and measure fidelity on held-out items if there are."""
     ctx, config = emission.ctx, emission.config
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
@@ -279,9 +285,12 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
-    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
+    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model,
+                                evaluation.items,
                                 config.fidelity_samples, custom_op_library=config.custom_op_library,
                                 sample_time_limit_s=config.calibration.sample_time_limit_s)
+    if fidelity.get("items"):
+        fidelity = {**fidelity, "source": evaluation.source, "held_out": evaluation.held_out}
     return Verification(tuple(quantized_names), fusion, fidelity)
 
 

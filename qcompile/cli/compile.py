@@ -55,15 +55,24 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
     if quiet:
         return
     summary = result.report.data["summary"]
-    fidelity = result.report.fidelity.get("outputs", {})
-    fid_text = ", ".join(
-        f"{name}: cos {v['cosine_mean']:.4f}" + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "")
-        for name, v in fidelity.items())
+    fid_text = fidelity_summary(result.report.fidelity)
     click.echo(f"wrote {out_path} ({summary['quantized_nodes']} nodes quantised, "
                f"size {summary['size_ratio']:.2f}x; {fid_text or 'fidelity not measured'})")
     click.echo(f"report {out_report}")
     if result.report.data.get("fallback"):
         click.echo(fallback_summary(result.report.data["fallback"]))
+
+
+def fidelity_summary(fidelity: dict) -> str:
+    """``y: cos 0.9903 (worst 0.8180) top1 0.958 on 24 held-out items`` (or "... calibration items, not held out")."""
+    outputs = fidelity.get("outputs") or {}
+    if not outputs:
+        return ""
+    text = ", ".join(
+        f"{name}: cos {v['cosine_mean']:.4f} (worst {v['cosine_min']:.4f})"
+        + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "") for name, v in outputs.items())
+    kind = "held-out items" if fidelity.get("held_out") else "calibration items, not held out"
+    return f"{text} on {fidelity.get('items', '?')} {kind}"
 
 
 def fallback_summary(fallback: dict) -> str:

@@ -122,8 +122,9 @@ accuracy_options = _stack(
                                                   "0.99); the most sensitive nodes fall back to float until it holds."),
     click.option("--max-error", type=float, help="Accuracy budget: relative L2 error vs FP32 of every output."),
     click.option("--min-top1-agreement", type=float, help="Accuracy budget: top-1 agreement with FP32 on logits."),
-    click.option("--eval-data", help="Held-out data for the budget: a folder (like --calib) or an .npz of arrays "
-                                     "keyed by input name (default: the first calibration items, not held out)."),
+    click.option("--eval-data", help="Held-out data for fidelity and the budget: a folder (like --calib) or an .npz "
+                                     "of arrays keyed by input name (default: a quarter of the --calib files, up "
+                                     "to the items needed, held out of calibration; folders of 4+ files)."),
     click.option("--eval-samples", type=int, show_default=str(_DEFAULT_EVAL_SAMPLES),
                  help="Eval items the budget is checked on."),
     click.option("--layer-analysis", type=EnumChoice(LayerAnalysis), show_default=_DEFAULT.analysis.layers.value,
