@@ -24,6 +24,7 @@ from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
+from qcompile.accuracy.latency_check import latency_check, not_faster, slow_cause
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
@@ -264,6 +265,7 @@ class Verification:
     quantized: tuple[str, ...]
     fusion: FusionReport | None
     fidelity: Mapping[str, Any]
+    latency: Mapping[str, Any]
 
 
 def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: FidelityItems) -> Verification:
@@ -291,7 +293,22 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: Fideli
                                 sample_time_limit_s=config.calibration.sample_time_limit_s)
     if fidelity.get("items"):
         fidelity = {**fidelity, "source": evaluation.source, "held_out": evaluation.held_out}
-    return Verification(tuple(quantized_names), fusion, fidelity)
+    latency = _check_latency(loaded, emission, profile, evaluation, fusion) if config.latency_check else \
+        {"skipped": "latency_check is off"}
+    return Verification(tuple(quantized_names), fusion, fidelity, latency)
+
+
+def _check_latency(loaded: LoadedModel, emission: Emission, profile, evaluation: FidelityItems,
+                   fusion: FusionReport | None) -> dict[str, Any]:
+    feed = next(iter(evaluation.items), None)
+    latency = latency_check(loaded.model, emission.model, feed, custom_op_library=emission.config.custom_op_library,
+                            cpu_target=profile.providers[0] == "CPUExecutionProvider" and not profile.float16)
+    if not_faster(latency):
+        cause = slow_cause(len(fusion.unfused) if fusion else 0, len(fusion.unfused_qdq_pairs) if fusion else 0,
+                           profile.cpu)
+        _warn(emission.ctx, f"the quantised model is not faster than FP32 ({latency['ratio']:.2f}x its latency, "
+                            f"batch {latency['batch']}, 1 thread); likely cause: {cause}")
+    return latency
 
 
 def _warn(ctx: PassContext, message: str) -> None:
@@ -319,6 +336,7 @@ def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparatio
             "compile_seconds": seconds,
         },
         "fidelity": verification.fidelity,
+        "latency": verification.latency,
         "nodes": node_entries(ctx.decisions, dict(fusion.node_kernels) if fusion else {},
                               fusion.unfused if fusion else ()),
         "tensor_ranges": ctx.tensor_ranges,

@@ -68,6 +68,7 @@ class CompileFlags:
     eval_samples: int | None = None
     layer_analysis: LayerAnalysis | None = None
     analysis_samples: int | None = None
+    no_latency_check: bool = False
     # transformer graphs
     smoothquant: str | None = None
     split_outliers: OutlierSides | None = None
@@ -188,6 +189,8 @@ def _accuracy(config: CompileConfig, flags: CompileFlags) -> dict[str, Any]:
         analysis["layers"] = flags.layer_analysis
     if flags.analysis_samples is not None:
         analysis["samples"] = flags.analysis_samples
+    if flags.no_latency_check:
+        changes["latency_check"] = False
     if analysis:
         changes["analysis"] = dataclasses.replace(config.analysis, **analysis)
     return changes

@@ -129,6 +129,8 @@ accuracy_options = _stack(
                  help="Eval items the budget is checked on."),
     click.option("--layer-analysis", type=EnumChoice(LayerAnalysis), show_default=_DEFAULT.analysis.layers.value,
                  help="Per-layer error in the report: none, sqnr or sensitivity (one run per node)."),
+    click.option("--no-latency-check", "no_latency_check", is_flag=True,
+                 help="Skip the quick FP32-vs-quantised timing after the compile (and its not-faster warning)."),
     click.option("--analysis-samples", type=int, show_default=str(_DEFAULT.analysis.samples),
                  help="Calibration items for the per-layer analysis."),
 )

@@ -49,6 +49,9 @@ class CompileConfig:
     # MatMuls of two activations (attention QKᵀ, P·V): float by default (measured slower and less accurate
     # on MiniLM at INT8, see notes/issue-5); True puts Q/DQ on both inputs
     quantize_activation_matmuls: bool = False
+    # a quick bounded FP32-vs-quantised timing after the compile, with a warning when INT8 is not faster
+    # (qcompile/accuracy/latency_check.py)
+    latency_check: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.op_types) - QUANTIZABLE_OP_TYPES)

@@ -105,14 +105,22 @@ def _summary(data: Mapping[str, Any]) -> str:
         cards.append(_card("Latency vs FP32", f"{_num(latency.get('after_vs_fp32'), 2)}×",
                            f"{_num(latency.get('after_ms'), 2)} ms vs {_num(latency.get('fp32_ms'), 2)} ms, batch 1, "
                            f"{_num(latency.get('threads'))} thread"))
+    elif (data.get("latency") or {}).get("ratio") is not None:
+        quick = data["latency"]
+        cards.append(_card("Latency vs FP32", f"{_num(quick.get('ratio'), 2)}×",
+                           f"{_num(quick.get('quantized_ms'), 3)} ms vs {_num(quick.get('fp32_ms'), 3)} ms, batch "
+                           f"{_num(quick.get('batch'))}, {_num(quick.get('threads'))} thread, quick check"))
     else:
-        cards.append(_card("Latency", "not measured", "measured with an accuracy budget, or run qcompile compare"))
+        reason = (data.get("latency") or {}).get("skipped") or "run qcompile compare"
+        cards.append(_card("Latency", "not measured", _e(reason)))
     for name, entry in (data.get("fidelity", {}).get("outputs") or {}).items():
         detail = f"output {_e(name)}: SQNR {_num(entry.get('sqnr_db'), 1)} dB"
         if "top1_agreement" in entry:
             detail += f", top-1 agreement {_num(entry['top1_agreement'], 3)}"
+        fidelity = data.get("fidelity") or {}
+        kind = "held-out items" if fidelity.get("held_out") else "calibration items, not held out"
         cards.append(_card("Cosine vs FP32", _num(entry.get("cosine_mean")),
-                           detail + f" ({_num(entry.get('samples'))} calibration samples)"))
+                           detail + f", worst {_num(entry.get('cosine_min'))} ({_num(entry.get('samples'))} {kind})"))
     cards.append(_card("Compile time", f"{_num(summary.get('compile_seconds'), 1)} s"))
     return '<div class="cards">' + "".join(cards) + "</div>"
 
