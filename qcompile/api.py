@@ -149,6 +149,9 @@ def _files_read(guard: OutputGuard, loaded: LoadedModel, source: CalibrationSour
 
 def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
     """Arguments that cannot work, found before any work: a missing extra or EP is a one-line error."""
+    if not isinstance(config, CompileConfig):
+        raise ConfigError(f"config must be a CompileConfig, not {type(config).__name__}"
+                          + ("; build one with CompileConfig.from_dict(...)" if isinstance(config, Mapping) else ""))
     check_budget_arguments(config, eval_data, metric)
     if config.calibration.workers is not None:
         distributed.require_ray()

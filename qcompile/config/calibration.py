@@ -7,6 +7,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
@@ -44,6 +45,7 @@ class ImageOptions:
     layout: ImageLayout = ImageLayout.NCHW
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
             raise ConfigError(f"image size must be two positive integers, got {self.size}")
         if self.size is not None and (max(self.size) > MAX_IMAGE_SIDE
@@ -76,6 +78,7 @@ class WorkersConfig:
     max_retries: int = 3
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.address != LOCAL_RAY and not _RAY_ADDRESS.fullmatch(self.address):
             raise ConfigError(f"workers must be 'ray' (a local cluster) or ray://HOST:PORT, got {self.address!r}")
         if self.shards is not None and self.shards < 1:
@@ -97,6 +100,7 @@ class CalibrationConfig:
     sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S   # per run of one item; None: no limit
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.batch_size < 1:
