@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,18 +27,20 @@ from qcompile.accuracy.latency_check import latency_check, not_faster, slow_caus
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
-from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
+from qcompile.data import CalibrationSource, model_input_specs
+from qcompile.data.spool import open_calibration
 from qcompile.data.holdout import split_holdout
 from qcompile.accuracy.fidelity_items import FidelityItems, fidelity_items, items_wanted
 from qcompile.data.readers import data_file_paths
 from qcompile.emitter import Emission, StatisticsRecorder
-from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
+from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
 from qcompile.io.output_guard import OutputGuard
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
 from qcompile.pipeline import build_steps
+from qcompile.progress import phase, progress_bar
 from qcompile.preparation import Preparation, prepare_compile
 from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
 from qcompile.runtime_ext.fusion import FusionReport, check_fusion
@@ -102,14 +103,6 @@ def default_report_path(output_path: Path) -> Path:
     return output_path.with_name(f"{stem}.report.json")
 
 
-def _progress(total: int | None, desc: str, enabled: bool, unit: str):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm import tqdm
-    # disable=None: no bar when stderr is not a terminal (CI logs, pipes), so errors stay one clean line
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)
-
-
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
                   progress: bool = False, eval_data: Any = None, metric: Metric | None = None,
                   guard: OutputGuard | None = None, outputs: Sequence[tuple[str | Path, str]] = ()) -> CompileResult:
@@ -125,10 +118,11 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
-    loaded = load_model(model)
-    check_input_model(loaded, config.custom_op_library)
+    with phase("load and check the model", progress):
+        loaded = load_model(model)
+        check_input_model(loaded, config.custom_op_library)
     with contextlib.ExitStack() as stack:
-        source = _open_calibration(calib, loaded.model, config, stack)
+        source = open_calibration(calib, loaded.model, config, stack)
         reads = _files_read(guard or OutputGuard(), loaded, source, eval_data)
         reads.check(outputs)
         held_out = None
@@ -177,54 +171,26 @@ def check_input_model(loaded: LoadedModel, custom_op_library: str | None = None)
         raise UnsupportedModelError(f"onnxruntime cannot load the input model {name}: {detail}") from None
 
 
-def _open_calibration(calib: CalibSource, model: onnx.ModelProto, config: CompileConfig,
-                      stack: contextlib.ExitStack) -> CalibrationSource:
-    """The calibration source; a one-shot iterator is first spooled to a temporary folder (closed by ``stack``)."""
-    specs = model_input_specs(model)
-    if _is_one_shot(calib):
-        calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
-                                 Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
-    return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
-                                   image=config.calibration.image)
-
-
-def _is_one_shot(calib: object) -> bool:
-    return not isinstance(calib, (str, Path, bytes)) and hasattr(calib, "__next__") and iter(calib) is calib
-
-
-def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Path) -> Path:
-    """A one-shot iterator is written item by item to .npz files, so it can be read several times
-    (ranges, then fidelity) with memory that does not grow with the number of items."""
-    for index, item in enumerate(items):
-        if cap is not None and index >= cap:
-            break
-        if not isinstance(item, Mapping):
-            if len(specs) != 1:
-                raise CalibrationDataError(f"calibration item {index} is a {type(item).__name__}, not a dict of "
-                                           "input name -> array")
-            item = {specs[0].name: item}
-        try:
-            arrays = {str(k): np.asarray(v) for k, v in item.items()}
-        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot convert
-            raise CalibrationDataError(f"calibration item {index}: not a numeric array ({exc})") from None
-        if any(a.dtype == object for a in arrays.values()):
-            raise CalibrationDataError(f"calibration item {index} holds non-numeric (object) arrays")
-        np.savez(folder / f"item_{index:08d}.npz", **arrays)
-    return folder
-
-
 def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConfig, progress: bool,
              started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
     """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
     prepared = prepare_compile(loaded.model, config)      # target defaults, opset
-    baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
-    analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
-                               calibration=source, baseline=baseline, recorder=recorder, collect=collect,
-                               export=_export, eval_data=eval_data, metric=metric)
+    with phase("calibrate and emit", progress):
+        baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
+    with phase("per-layer analysis and fallback", progress and _analyses(config)):
+        analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
+                                   calibration=source, baseline=baseline, recorder=recorder, collect=collect,
+                                   export=_export, eval_data=eval_data, metric=metric)
     final = analysis.emission if analysis is not None else baseline
-    verification = _verify(loaded, final, prepared.profile, fidelity_items(loaded.model, source, eval_data, config))
+    with phase("verify (ORT fusions, fidelity, latency)", progress):
+        verification = _verify(loaded, final, prepared.profile,
+                               fidelity_items(loaded.model, source, eval_data, config))
     return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
                                                            analysis, time.perf_counter() - started))
+
+
+def _analyses(config: CompileConfig) -> bool:
+    return config.accuracy_budget is not None or config.analysis.layers.value != "none"
 
 
 def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
@@ -242,10 +208,10 @@ def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
     steps = build_steps(config)
     recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
     memory_budget_bytes = config.calibration.memory_budget_mb << 20
-    with _progress(len(steps), "compile", progress, "step") as bar, \
+    with progress_bar(len(steps), "compile", progress, "step") as bar, \
             distributed.connect(config.calibration.workers) as cluster:
         def collect(g: gs.Graph, requests):
-            with _progress(source.num_samples, "calibrate", progress, "sample") as calib_bar:
+            with progress_bar(source.num_samples, "calibrate", progress, "sample") as calib_bar:
                 if cluster is not None:  # shards on Ray workers, merged here
                     return distributed.collect_distributed(g, requests, source, cluster, progress=calib_bar,
                                                            memory_budget_bytes=memory_budget_bytes)

@@ -7,6 +7,7 @@ Errors are raised, not printed: main.py turns them into one line and an exit cod
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from qcompile.cli.options import (accuracy_options, calibration_options, debug_o
                                   selection_options, target_options, transformer_options, weight_only_options)
 from qcompile.cli.guard import compile_guard
 from qcompile.errors import ConfigError, ModelSaveError
+from qcompile.progress import PROGRESS_LOGGER, phase
 
 
 @click.command("compile")
@@ -40,6 +42,8 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
                     eval_data: str | None, no_progress: bool, verbose: int, quiet: bool, debug: bool,
                     **flags: Any) -> None:
     """Quantise MODEL with activation ranges calibrated on --calib data."""
+    if not no_progress and not quiet:   # phases without a terminal say when they end (qcompile/progress.py)
+        logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     if not calib.strip():
         raise ConfigError("--calib is empty; name the folder of calibration files")
     config = build_config(CompileFlags(**flags))
@@ -51,7 +55,8 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
     guard.check(outputs)
     result = compile_model(model, calib, config, progress=not no_progress and not quiet, eval_data=eval_data,
                            guard=guard, outputs=outputs)
-    out_path, out_report = result.save(output, report_path, overwrite=overwrite, protected=guard.protected)
+    with phase("save", not no_progress and not quiet):
+        out_path, out_report = result.save(output, report_path, overwrite=overwrite, protected=guard.protected)
     if quiet:
         return
     summary = result.report.data["summary"]
