@@ -2,7 +2,7 @@
 
 Every command runs under ``_as_process``: logging is configured (-v/-q where the command has them), a
 QCompileError becomes ``error: <message>`` on stderr and exit 2, any other exception (a bug) one line and exit 3
-(its traceback with --debug); a message is one line of at most MESSAGE_LIMIT characters. SIGINT, SIGTERM and
+(its traceback with --debug); a message is one line of at most MESSAGE_LIMIT characters (cut in the middle). SIGINT, SIGTERM and
 SIGHUP unwind like an exception from the moment the command line is parsed (the console script's launcher
 covers the imports before), so no temporary file is left behind, and end the process with 128 + the signal's
 number (130, 143, 129) and one line saying that nothing was written.
@@ -26,7 +26,7 @@ from qcompile.version import __version__
 from qcompile.cli.compile import compile_command
 from qcompile.cli.tools import compare_command, inspect_command, report_command
 from qcompile.errors import QCompileError
-from qcompile.io.messages import one_line
+from qcompile.io.messages import readable_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
@@ -83,7 +83,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {one_line(message, MESSAGE_LIMIT)}", err=True)
+    click.echo(f"error: {readable_line(message, MESSAGE_LIMIT)}", err=True)
     sys.exit(code)
 
 
