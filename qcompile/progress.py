@@ -3,7 +3,8 @@
     phase(name) lasting t seconds:  on a terminal (stderr), a line "name: <elapsed>" from t = PHASE_SHOW_AFTER_S
                                     on, refreshed every PHASE_TICK_S, removed when the phase ends;
                                     otherwise one log record "name: done in t s" on the ``qcompile.progress``
-                                    logger when it ends (the CLI shows that logger unless -q / --no-progress)
+                                    logger when it ends (``show_phases`` sends it to stdout, so that stderr
+                                    keeps errors and warnings only and an error stays one line)
 
 Both only when the caller enabled progress; bars (``progress_bar``) are tqdm's and, like the phase line, stay off
 when stderr is not a terminal, so an error remains one clean line.
@@ -20,13 +21,32 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-__all__ = ["PROGRESS_LOGGER", "phase", "progress_bar"]
+__all__ = ["PROGRESS_LOGGER", "phase", "progress_bar", "show_phases"]
 
 PROGRESS_LOGGER = "qcompile.progress"
 PHASE_SHOW_AFTER_S = 2.0
 PHASE_TICK_S = 0.5
 
 logger = logging.getLogger(PROGRESS_LOGGER)
+
+
+class _Stdout(logging.Handler):
+    """Writes to the sys.stdout of the moment (a test runner swaps it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stdout.write(self.format(record) + "\n")
+        sys.stdout.flush()
+
+
+def show_phases(enabled: bool) -> None:
+    """Phase records on stdout as "qcompile: <phase>: done in t s" when ``enabled``; none otherwise."""
+    logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _Stdout)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    if enabled:
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("qcompile: %(message)s"))
+        logger.addHandler(handler)
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool, unit: str):

@@ -7,7 +7,6 @@ Errors are raised, not printed: main.py turns them into one line and an exit cod
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from qcompile.cli.options import (accuracy_options, calibration_options, debug_o
                                   selection_options, target_options, transformer_options, weight_only_options)
 from qcompile.cli.guard import compile_guard
 from qcompile.errors import ConfigError, ModelSaveError
-from qcompile.progress import PROGRESS_LOGGER, phase
+from qcompile.progress import phase, show_phases
 
 
 @click.command("compile")
@@ -42,8 +41,7 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
                     eval_data: str | None, no_progress: bool, verbose: int, quiet: bool, debug: bool,
                     **flags: Any) -> None:
     """Quantise MODEL with activation ranges calibrated on --calib data."""
-    if not no_progress and not quiet:   # phases without a terminal say when they end (qcompile/progress.py)
-        logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
+    show_phases(not no_progress and not quiet)   # without a terminal, a line on stdout per phase (progress.py)
     if not calib.strip():
         raise ConfigError("--calib is empty; name the folder of calibration files")
     config = build_config(CompileFlags(**flags))
