@@ -67,15 +67,18 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
 
 
 def fidelity_summary(fidelity: dict) -> str:
-    """``y: cos 0.9903 (worst 0.8180) top1 0.958 on 24 held-out items`` (or "... calibration items, not held out")."""
+    """``y: cos 0.9903 (worst 0.8180) top1 0.958 on 24 held-out items`` (or "... calibration items, not held
+    out")."""
     outputs = fidelity.get("outputs") or {}
     if not outputs:
         return ""
     text = ", ".join(
         f"{name}: cos {v['cosine_mean']:.4f} (worst {v['cosine_min']:.4f})"
         + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "") for name, v in outputs.items())
-    kind = "held-out items" if fidelity.get("held_out") else "calibration items, not held out"
-    return f"{text} on {fidelity.get('items', '?')} {kind}"
+    items = fidelity.get("items", 0)
+    noun = "item" if items == 1 else "items"
+    kind = f"held-out {noun}" if fidelity.get("held_out") else f"calibration {noun}, not held out"
+    return f"{text} on {items} {kind}"
 
 
 def fallback_summary(fallback: dict) -> str:
