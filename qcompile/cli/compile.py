@@ -47,7 +47,7 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
     config = build_config(CompileFlags(**flags))
     output = output or default_output_path(model)
     report_path = report_path or default_report_path(output)
-    refuse_overwrite(model, output, report_path)
+    check_output_paths(output, report_path)
     guard = compile_guard(model, calib, flags.get("config_path"), eval_data, overwrite)
     outputs = [(output, "output model"), (report_path, "report")]
     guard.check(outputs)
@@ -93,7 +93,7 @@ def fallback_summary(fallback: dict) -> str:
             f"latency {latency['before_vs_fp32']:.2f}x -> {latency['after_vs_fp32']:.2f}x of FP32")
 
 
-def refuse_overwrite(model: Path, output: Path, report: Path) -> None:
+def check_output_paths(output: Path, report: Path) -> None:
     """Before the compile, not after minutes of work: each output is a regular file in an existing folder (what
     it may not alias is the output guard's rule, qcompile/io/output_guard.py)."""
     for path in (output, report):
