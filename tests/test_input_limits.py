@@ -169,7 +169,24 @@ def test_a_run_over_the_limit_is_stopped():
     with pytest.raises(SampleTimeLimitError, match="took over 0.2 s"):
         run_limited(_SlowSession(), None, {}, 0.2)
     assert time.monotonic() - start < 2
-    assert threading.active_count() < 20     # the timer threads are cancelled or done
+    assert threading.active_count() < 20     # the worker threads are done
+
+
+def test_a_signal_during_a_long_run_unwinds_at_once_and_stops_the_run():
+    import os
+    import signal
+    session = _SlowSession()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_limited(session, None, {}, None)
+    assert time.monotonic() - start < 2      # not the 5 s the run would take
+    assert run_limited(_QuickSession(), ["y"], {"x": 1}) == ["y", 1]
+
+
+class _QuickSession:
+    def run(self, names, feed, options=None):
+        return [names[0], feed["x"]]
 
 # ------------------------------------------------------------------------------------------------ latency
 
@@ -250,3 +267,50 @@ def test_readable_line_is_one_bounded_line_keeping_both_ends(text, limit):
     else:
         tail = (limit - 3) // 3
         assert line.startswith(flat[: limit - 3 - tail]) and line.endswith(flat[-tail:]) if tail else True
+
+
+_SCALARS_AND_CONTAINERS = [None, True, 0, -1, 1.5, float("inf"), "x", "", [], [1], [None], [{}], [[1]], {}, {"a": 1},
+                           {"a": None}, {"a": [1]}, {"a": {}}]
+_KEYS = ["nodes", "histograms", "unmeasured", "latency", "budget", "eval", "trials", "outputs", "before", "after",
+         "size", "seconds", "counts", "sensitivity_rank", "items", "source", "path", "target", "ratio", "held_out",
+         "name", "output_sqnr_db", "output_sqnr_db_after", "input_clipped_fraction", "below", "above", "missed",
+         "sensitivity", "passed", "fallback_nodes"]
+
+
+def _full_report() -> dict:
+    return {"summary": {"quantized_nodes": 1},
+            "layers": {"nodes": [{"name": "a", "output_sqnr_db": 20.0, "sensitivity_rank": 1}],
+                       "histograms": [{"counts": [1, 2]}], "unmeasured": [{}]},
+            "fallback": {"budget": {}, "eval": {}, "size": {}, "latency": {}, "nodes": [{"name": "a"}],
+                         "trials": [{}]},
+            "passes": [{"seconds": 1.0}], "fidelity": {"outputs": {"y": {}}}, "latency": {"ratio": 1.0},
+            "nodes": [{}]}
+
+
+@pytest.mark.slow   # about 7,000 reports: 10-30 s
+def test_every_field_of_every_type_renders_or_is_a_report_error(tmp_path):
+    """Exhaustive over one level of substitution: each top-level field, each key of its object (or of its first
+    list item, and of the layer/fallback lists), set to each JSON type."""
+    path = tmp_path / "r.json"
+    variants = []
+    for field in _full_report():
+        variants += [(field, None, value) for value in _SCALARS_AND_CONTAINERS]
+        variants += [(field, key, value) for key in _KEYS for value in _SCALARS_AND_CONTAINERS]
+    for where in (("layers", "nodes"), ("layers", "histograms"), ("fallback", "nodes"), ("fallback", "trials")):
+        variants += [(where, key, value) for key in _KEYS for value in _SCALARS_AND_CONTAINERS]
+    for field, key, value in variants:
+        data = _full_report()
+        if isinstance(field, tuple):
+            data[field[0]][field[1]] = [{"name": "a", key: value}]
+        elif key is None:
+            data[field] = value
+        elif isinstance(data[field], dict):
+            data[field] = {**data[field], key: value}
+        else:
+            data[field] = [{**data[field][0], key: value}]
+        path.write_text(json.dumps(data), encoding="utf-8")
+        try:
+            loaded = load_report(path)
+        except ReportError:
+            continue
+        assert render_html(loaded).startswith("<!DOCTYPE html>"), (field, key, value)

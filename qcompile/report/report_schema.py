@@ -63,11 +63,11 @@ class MapOf:
 
 _FIDELITY = Obj(nullable=True)
 _FALLBACK = Obj({
-    "latency": Obj(nullable=True), "budget": MapOf(Scalar()), "eval": Obj(), "size": Obj(), "before": _FIDELITY,
-    "after": _FIDELITY, "nodes": ListOf(Obj({"sensitivity_rank": RANK})),
+    "latency": Obj(), "budget": MapOf(Scalar()), "eval": Obj(), "size": Obj(), "before": _FIDELITY,
+    "after": _FIDELITY, "nodes": ListOf(Obj({"sensitivity_rank": RANK, "name": Scalar()})),
     "trials": ListOf(Obj({"missed": ListOf(TEXT), "seconds": Scalar()})),
 }, nullable=True)
-_LAYER = Obj({"sensitivity_rank": RANK, "sensitivity": Obj(nullable=True),
+_LAYER = Obj({"sensitivity_rank": RANK, "sensitivity": Obj(nullable=True), "name": Scalar(),
               "input_clipped_fraction": NUMBER})
 _HISTOGRAM = Obj({"counts": ListOf(INTEGER), "below": INTEGER, "above": INTEGER})
 SCHEMA = Obj({
