@@ -85,7 +85,7 @@ calibration_options = _stack(
     click.option("--sample-time-limit", type=float, show_default=f"{_DEFAULT.calibration.sample_time_limit_s:g}",
                  help="Seconds one run of the model on one item may take (calibration, fidelity)."),
     click.option("--fidelity-samples", type=int, show_default=str(_DEFAULT.fidelity_samples),
-                 help="Calibration items used to measure fidelity vs FP32."),
+                 help="Items fidelity vs FP32 is measured on (held-out ones where there are, see --eval-data)."),
 )
 
 target_options = _stack(
