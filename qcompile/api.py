@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
+from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
 from qcompile.accuracy.latency_check import latency_check, not_faster, slow_cause
@@ -31,6 +32,7 @@ from qcompile.data import CalibrationSource, model_input_specs
 from qcompile.data.spool import open_calibration
 from qcompile.data.holdout import split_holdout
 from qcompile.accuracy.fidelity_items import FidelityItems, fidelity_items, items_wanted
+from qcompile.data.kv_cache import detect_kv_cache
 from qcompile.data.readers import data_file_paths
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
@@ -256,12 +258,16 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: Fideli
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
-    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model,
-                                evaluation.items,
-                                config.fidelity_samples, custom_op_library=config.custom_op_library,
+    reference = Path(loaded.path) if large_on_disk else loaded.model
+    fidelity = measure_fidelity(reference, emission.model, evaluation.items, config.fidelity_samples,
+                                custom_op_library=config.custom_op_library,
                                 sample_time_limit_s=config.calibration.sample_time_limit_s)
     if fidelity.get("items"):
         fidelity = {**fidelity, "source": evaluation.source, "held_out": evaluation.held_out}
+    layout = detect_kv_cache(loaded.model)
+    if layout is not None and config.fidelity_samples:   # teacher-forced logits are not enough for a decoder
+        fidelity = {**fidelity, "decode": measure_decode(reference, emission.model, layout, evaluation.items,
+                                                         custom_op_library=config.custom_op_library)}
     latency = _check_latency(loaded, emission, profile, evaluation, fusion) if config.latency_check else \
         {"skipped": "latency_check is off"}
     return Verification(tuple(quantized_names), fusion, fidelity, latency)

@@ -68,17 +68,37 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
 
 def fidelity_summary(fidelity: dict) -> str:
     """``y: cos 0.9903 (worst 0.8180) top1 0.958 on 24 held-out items`` (or "... calibration items, not held
-    out")."""
+    out"), then a KV-cache decoder's greedy-decode check."""
     outputs = fidelity.get("outputs") or {}
+    decode = fidelity.get("decode")
+    if decode:   # a KV-cache decoder: its cache outputs are inputs of the next step, the decode check covers them
+        outputs = {name: v for name, v in outputs.items() if not name.startswith("present")}
     if not outputs:
         return ""
-    text = ", ".join(
-        f"{name}: cos {v['cosine_mean']:.4f} (worst {v['cosine_min']:.4f})"
-        + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "") for name, v in outputs.items())
+    text = ", ".join(f"{name}: {task_fidelity_text(v)}" for name, v in outputs.items())
     items = fidelity.get("items", 0)
     noun = "item" if items == 1 else "items"
     kind = f"held-out {noun}" if fidelity.get("held_out") else f"calibration {noun}, not held out"
-    return f"{text} on {items} {kind}"
+    text += f" on {items} {kind}"
+    if decode and decode.get("prompts"):
+        text += (f"; greedy decode vs FP32: first token {decode['first_token']:.2f}, "
+                 f"matching prefix {decode['matching_prefix']:.2f} of {decode['new_tokens']}")
+    return text
+
+
+def task_fidelity_text(entry: dict) -> str:
+    """Cosine, then what the output's role reads (accuracy/output_roles.py): top-1, sequences, detections."""
+    text = f"cos {entry['cosine_mean']:.4f}" + (f" (worst {entry['cosine_min']:.4f})" if "cosine_min" in entry
+                                                 else "")
+    if "sequence_agreement" in entry:
+        return text + f" steps {entry['top1_agreement']:.3f} sequences {entry['sequence_agreement']:.3f}"
+    if "candidate_agreement" in entry:
+        boxes = f", box error {entry['box_relative_error']:.3f}" if "box_relative_error" in entry else ""
+        return text + (f" detections {entry['candidate_agreement']:.3f} (score error "
+                       f"{entry['score_abs_error']:.3f}{boxes})")
+    if "top1_agreement" in entry:
+        return text + f" top1 {entry['top1_agreement']:.3f}"
+    return text
 
 
 def fallback_summary(fallback: dict) -> str:

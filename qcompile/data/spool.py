@@ -1,6 +1,7 @@
 """The calibration source of compile_model: a folder, a re-iterable of feed dicts, or a one-shot iterator that is
 first spooled item by item to .npz files in a temporary folder (closed with the compile), so it can be read
-several times (ranges, then fidelity) with memory that does not grow with the number of items.
+several times (ranges, then fidelity) with memory that does not grow with the number of items. Token-only
+windows for a KV-cache decoder become prefill + decode steps (data/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 
 from qcompile.config import CompileConfig
+from qcompile.data.kv_cache import detect_kv_cache, first_item_names, kv_calibration_source
 from qcompile.data.source import CalibrationSource, open_calibration_source
 from qcompile.data.specs import InputSpec, model_input_specs
 from qcompile.errors import CalibrationDataError
@@ -29,6 +31,13 @@ def open_calibration(calib: Any, model: onnx.ModelProto, config: CompileConfig,
     if _is_one_shot(calib):
         calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
                                  Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
+    layout = detect_kv_cache(model)
+    names = first_item_names(calib) if layout is not None else None
+    if layout is not None and names is not None and not names & layout.past_names:
+        # token-only windows for a KV-cache decoder: the FP32 model makes the pasts (data/kv_cache.py)
+        tokens = open_calibration_source(calib, [s for s in specs if s.name in names],
+                                         num_samples=config.calibration.num_samples)
+        return kv_calibration_source(model, layout, tokens, specs, custom_op_library=config.custom_op_library)
     return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
                                    image=config.calibration.image)
 
