@@ -29,6 +29,7 @@ from qcompile.calibrators.subgraph_outputs import (conditional_in_stacking_names
 from qcompile.errors import CalibrationDataError, CalibrationError, QCompileError
 from qcompile.pass_infra import StatKind, StatRequest
 from qcompile.graph.weights import total_constant_bytes, weightless_model
+from qcompile.runtime_ext.run_limit import DEFAULT_SAMPLE_TIME_LIMIT_S, run_limited
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session
 from qcompile.numerics.qparams import TensorRange
 
@@ -91,12 +92,13 @@ def _session(model_and_weights, providers: Sequence[str], threads: int | None,
 def collect_statistics(graph: gs.Graph, requests: Sequence[StatRequest], source: Iterable[Mapping[str, np.ndarray]],
                        *, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                        memory_budget_bytes: int = 1 << 30, progress=None,
-                       custom_op_library: str | None = None) -> dict[StatRequest, TensorRange]:
+                       custom_op_library: str | None = None,
+                       sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[StatRequest, TensorRange]:
     """Streaming statistics for ``requests`` over ``source`` (see module docstring); ``providers`` are the ORT
     execution providers the float graph runs on (CUDA when asked: same ranges within float tolerance)."""
     calibrators = collect_calibrators(graph, requests, source, providers=providers, threads=threads,
                                       memory_budget_bytes=memory_budget_bytes, progress=progress,
-                                      custom_op_library=custom_op_library)
+                                      custom_op_library=custom_op_library, sample_time_limit_s=sample_time_limit_s)
     return compute_ranges(graph, calibrators)
 
 
@@ -114,7 +116,8 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
                         source: Iterable[Mapping[str, np.ndarray]], *,
                         providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                         memory_budget_bytes: int = 1 << 30, progress=None,
-                        custom_op_library: str | None = None) -> dict[StatRequest, Calibrator]:
+                        custom_op_library: str | None = None,
+                        sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[StatRequest, Calibrator]:
     """The calibrators of ``requests`` after streaming ``source`` through them, not yet computed, so that
     shards of the data can be collected apart and merged (``compute_ranges`` finishes)."""
     by_tensor: dict[str, list[StatRequest]] = defaultdict(list)
@@ -126,7 +129,7 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
     calibrators = empty_calibrators(requests)
 
     groups, sizing_session = _plan_groups(graph, computed, source, memory_budget_bytes, providers, threads,
-                                          custom_op_library)
+                                          custom_op_library, sample_time_limit_s)
     for index, group in enumerate(groups):
         if len(groups) == 1:
             session, aliases = sizing_session  # one group = every tensor: the sizing session exposes them
@@ -139,7 +142,7 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
         for feed in source:
             if session is not None:
                 try:
-                    arrays = session.run(output_names, dict(feed))
+                    arrays = run_limited(session, output_names, feed, sample_time_limit_s)
                 except Exception as exc:
                     raise CalibrationDataError(
                         f"the model failed on calibration sample {seen}: {str(exc).splitlines()[0]}") from exc
@@ -196,7 +199,8 @@ def _update(calibrator, name: str, array: np.ndarray) -> None:
 
 
 def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, providers, threads,
-                 custom_op_library: str | None = None
+                 custom_op_library: str | None = None,
+                 sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S,
                  ) -> tuple[list[list[str]], tuple[ort.InferenceSession | None, dict]]:
     """Split tensors into groups whose activations fit the budget; sizes measured on the first sample.
 
@@ -210,7 +214,7 @@ def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, provide
     session, aliases = _exposing_session(graph, names, providers, threads, custom_op_library)
     output_names = [o.name for o in session.get_outputs()]
     try:
-        arrays = session.run(output_names, dict(first_feed))
+        arrays = run_limited(session, output_names, first_feed, sample_time_limit_s)
     except Exception as exc:
         raise CalibrationDataError(f"the model failed on calibration sample 0: {str(exc).splitlines()[0]}") from exc
     sizes = {aliases[n][0]: a.nbytes for n, a in zip(output_names, arrays)}

@@ -8,6 +8,9 @@
               v < 13, per-channel     → upgrade to 13 (DequantizeLinear's axis); if the converter cannot,
                                         per-tensor weights instead, which every opset ≥ 10 accepts
               otherwise               → the model as it is
+    IR version: v_ir < 4 (every initializer also a graph input) → the initializers leave graph.input and the
+              model is stamped max(4, the least IR version its opsets need); the Q/DQ constants the passes add
+              are initializers that no IR-3 checker would accept otherwise
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from qcompile.runtime_ext.target import apply_target_defaults, resolve_profile
 logger = logging.getLogger(__name__)
 
 WEIGHT_ONLY_MIN_OPSET = 21     # blocked DequantizeLinear and INT4/UINT4 tensors exist from opset 21
+INITIALIZERS_NOT_INPUTS_IR = 4  # from IR version 4 an initializer need not be listed as a graph input
 
 
 class OpsetNeed(enum.Enum):
@@ -79,6 +83,22 @@ def prepare_opset(model: onnx.ModelProto, config: CompileConfig) -> tuple[onnx.M
     return upgraded, config, upgrade if plan.need is OpsetNeed.QDQ else f"{upgrade} for per-channel weights"
 
 
+def lift_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An IR-3 model as IR ≥ 4 with its initializers no longer graph inputs (module docstring); others as they are."""
+    if model.ir_version >= INITIALIZERS_NOT_INPUTS_IR:
+        return model
+    lifted = onnx.ModelProto()
+    lifted.CopyFrom(model)
+    constants = {t.name for t in lifted.graph.initializer}
+    inputs = [i for i in lifted.graph.input if i.name not in constants]
+    del lifted.graph.input[:]
+    lifted.graph.input.extend(inputs)
+    needed = onnx.helper.find_min_ir_version_for(list(lifted.opset_import), ignore_unknown=True)
+    lifted.ir_version = max(INITIALIZERS_NOT_INPUTS_IR, needed)
+    logger.info("IR version %d -> %d: initializers are no longer graph inputs", model.ir_version, lifted.ir_version)
+    return lifted
+
+
 @dataclass(frozen=True)
 class Preparation:
     """The target profile, the config after the target's defaults, and the model the passes start from."""
@@ -95,5 +115,6 @@ def prepare_compile(model: onnx.ModelProto, config: CompileConfig) -> Preparatio
     profile = resolve_profile(config.target)
     config, target_note = apply_target_defaults(config, profile)
     working, config, opset_note = prepare_opset(model, config)
+    working = lift_ir_version(working)
     return Preparation(profile=profile, config=config, model=working, target_note=target_note,
                        opset_note=opset_note)

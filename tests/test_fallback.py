@@ -103,7 +103,6 @@ def test_an_unreachable_budget_is_an_error():
 
 @pytest.mark.parametrize("kwargs, config, message", [
     ({"metric": lambda r, q: 1.0}, CompileConfig(), "used by an accuracy budget"),
-    ({"eval_data": outlier_samples(2, 1)}, CompileConfig(), "used by an accuracy budget"),
     ({}, CompileConfig(accuracy_budget=AccuracyBudget(min_metric=0.5)), "needs a metric function"),
 ])
 def test_inconsistent_budget_arguments_are_config_errors(kwargs, config, message):
@@ -224,8 +223,12 @@ def test_cli_budget_flags(tmp_path):
     assert report["fallback"]["nodes"][0]["name"] == SENSITIVE_NODE
     assert report["config"]["accuracy_budget"]["min_cosine"] == 0.9999
 
-    for args, message in ((["--eval-data", str(eval_npz)], "used by an accuracy budget"),
-                          (["--eval-samples", "4"], "--eval-samples needs a budget"),
+    alone = runner.invoke(main, [str(model_path), "--calib", str(calib), "-o", str(tmp_path / "e.onnx"),
+                                 "--no-progress", "--eval-data", str(eval_npz)])   # no budget: fidelity only
+    assert alone.exit_code == 0 and "on 8 held-out items" in alone.output, alone.output
+    fidelity = json.loads((tmp_path / "e.report.json").read_text())["fidelity"]
+    assert fidelity["held_out"] is True and fidelity["items"] == 8 and "eval.npz" in fidelity["source"]
+    for args, message in ((["--eval-samples", "4"], "--eval-samples needs a budget"),
                           (["--min-cosine", "3"], "min_cosine must be in")):
         failed = runner.invoke(main, [str(model_path), "--calib", str(calib), "-o", str(tmp_path / "x.onnx"),
                                       "--no-progress", *args])

@@ -44,8 +44,8 @@ def budget_violations(budget: AccuracyBudget, fidelity: Fidelity) -> list[str]:
 def check_budget_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
     """Budget arguments that cannot work together, found before any work is done."""
     budget = config.accuracy_budget
-    if budget is None and (eval_data is not None or metric is not None):
-        raise ConfigError("eval data and a metric are used by an accuracy budget; set one "
+    if budget is None and metric is not None:   # eval data alone is fine: fidelity is measured on it
+        raise ConfigError("a metric is used by an accuracy budget; set one "
                           "(--min-cosine / --max-error / --min-top1-agreement, or AccuracyBudget)")
     if budget is not None and budget.min_metric is not None and metric is None:
         raise ConfigError("accuracy_budget.min_metric needs a metric function (compile_model(..., metric=fn))")

@@ -29,6 +29,7 @@ from qcompile.accuracy.output_roles import (OutputRole, detection_errors, infer_
 from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
 from qcompile.io.validate import with_unique_node_names
 from qcompile.numerics.metrics import cosine_rows, power_sums, relative_error_from_power, sqnr_db_from_power
+from qcompile.runtime_ext.run_limit import DEFAULT_SAMPLE_TIME_LIMIT_S, run_limited
 from qcompile.runtime_ext.session import make_session, ort_error_line
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,12 @@ def run_outputs(model: onnx.ModelProto | str | Path, items: Iterable[Feed]) -> t
     """Every output of ``model`` on every item (ORT CPU, full graph optimisation: the kernels users get)."""
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
-    return names, [dict(zip(names, session.run(names, dict(feed)))) for feed in items]
+    return names, [dict(zip(names, _run(session, names, feed, UnsupportedModelError, f"the model {_label(model)} fails on "
+                                        f"eval item {index}"))) for index, feed in enumerate(items)]
+
+
+def _label(model: onnx.ModelProto | str | Path) -> str:
+    return str(model) if isinstance(model, (str, Path)) else f"'{model.graph.name}'"
 
 
 def compare_outputs(reference: Sequence[Outputs], approx: Sequence[Outputs],
@@ -173,15 +179,19 @@ def compare_outputs(reference: Sequence[Outputs], approx: Sequence[Outputs],
     return Fidelity(outputs=summary, metric=value)
 
 
-def _run(session, names, feed, error: type[QCompileError], what: str) -> list:
+def _run(session, names, feed, error: type[QCompileError], what: str,
+         limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> list:
     try:
-        return session.run(names, dict(feed))
+        return run_limited(session, names, feed, limit_s)
+    except QCompileError as exc:   # the per-sample time limit
+        raise error(f"{what}: {exc}") from None
     except Exception as exc:  # ORT's runtime errors (shapes only known from the data, allocation failures)
         raise error(f"{what}: {ort_error_line(exc)}") from exc
 
 
 def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelProto, source: Iterable,
-                     max_samples: int, *, custom_op_library: str | None = None) -> dict[str, Any]:
+                     max_samples: int, *, custom_op_library: str | None = None,
+                     sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[str, Any]:
     """The compile's verify step: FP32 and quantised models on the first ``max_samples`` calibration items,
     per-output summaries as above. ``reference`` may be the input model's path (ORT then reads a large
     model's weights from its files)."""
@@ -201,9 +211,9 @@ def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelPro
     count = 0
     for feed in source:
         ref_out = _run(ref_session, names, feed, CalibrationDataError,
-                       f"the FP32 model fails on calibration item {count}")
+                       f"the FP32 model fails on calibration item {count}", sample_time_limit_s)
         q_out = _run(q_session, names, feed, UnsupportedModelError,
-                     f"the quantised model fails on calibration item {count}")
+                     f"the quantised model fails on calibration item {count}", sample_time_limit_s)
         for name, r, q in zip(names, ref_out, q_out):
             acc.add(name, np.asarray(r), np.asarray(q))
         count += 1

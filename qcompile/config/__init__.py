@@ -10,8 +10,8 @@ from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig, LayerAnalys
 from qcompile.config.calibration import (LOCAL_RAY, CalibrationConfig, CalibrationProvider, ImageLayout,
                                          ImageOptions, WorkersConfig)
 from qcompile.config.compile import (DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, RECURRENT_OP_TYPES,
-                                     STATIC_COMPUTE_OP_TYPES, CompileConfig)
-from qcompile.config.mapping import config_from_mapping, from_toml, parse_alpha, weight_only_from_mapping
+                                     STATIC_COMPUTE_OP_TYPES, CompileConfig, config_from_mapping, from_toml)
+from qcompile.config.mapping import parse_alpha, weight_only_from_mapping
 from qcompile.config.quant import CalibrationMethod, EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec
 from qcompile.config.target import CpuFeatures, Target, TargetProfile
 from qcompile.config.transforms import AUTO_ALPHA_GRID, OutlierSplitConfig, SmoothQuantConfig, SmoothScope

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
@@ -73,6 +74,7 @@ class WeightOnlyConfig:
     lm_head_bits: int | None = 8
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"weight_only.block_size must be a power of two >= 16, got {self.block_size}")
         if not 0.0 < self.damping < 1.0:
