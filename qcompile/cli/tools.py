@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from qcompile.cli.build import CompileFlags, build_config
-from qcompile.cli.options import debug_option, json_option, selection_options
+from qcompile.cli.options import debug_option, inspect_format_options, json_option, selection_options
 from qcompile.errors import ModelSaveError
 from qcompile.io import write_text_atomic
 from qcompile.report.html import default_html_path, load_report, render_html
@@ -38,6 +38,7 @@ def report_command(report_json: Path, output: Path | None, debug: bool) -> None:
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @selection_options
+@inspect_format_options
 @json_option
 @debug_option
 def inspect_command(model: Path, as_json: bool, debug: bool, **flags: Any) -> None:
