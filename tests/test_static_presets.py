@@ -208,6 +208,8 @@ def test_contradicting_dtype_is_a_config_error(tiny_cnn):
     config = CompileConfig(preset=Preset.FP8, activation=QuantSpec(dtype=QuantDType.UINT8))
     with pytest.raises(ConfigError, match="contradicts"):
         compile_model(model, calib, config)
+    with pytest.raises(ConfigError, match="need the fp8 preset"):
+        CompileConfig(activation=QuantSpec(dtype=QuantDType.FLOAT8E4M3FN))
 
 
 def test_cli(tmp_path, tiny_cnn_case):
