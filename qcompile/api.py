@@ -24,9 +24,11 @@ from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
+from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_divergence
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
+from qcompile.config.static_formats import static_format
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
@@ -251,11 +253,24 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
         _warn(ctx, f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}")
     for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
+    if static_format(config.preset) is not None:   # no fused kernel: ORT must compute the graph as written
+        _check_optimizer(ctx, emission.model, source, config.custom_op_library)
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
     fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
                                 config.fidelity_samples, custom_op_library=config.custom_op_library)
     return Verification(tuple(quantized_names), fusion, fidelity)
+
+
+def _check_optimizer(ctx: PassContext, model: onnx.ModelProto, source: CalibrationSource,
+                     custom_op_library: str | None) -> None:
+    """Warn where ORT's graph optimiser changes the outputs (qcompile/accuracy/optimizer_check.py)."""
+    divergence, problem = optimizer_divergence(model, source, custom_op_library=custom_op_library)
+    if problem:
+        _warn(ctx, f"could not compare ORT's optimised and unoptimised runs: {problem}")
+    elif divergence is not None and divergence > DIVERGENCE_TOLERANCE:
+        _warn(ctx, f"ORT's graph optimiser changes this model's outputs by {divergence:.3g} (relative L2): "
+                   "the model as written and ORT_ENABLE_ALL disagree")
 
 
 def _warn(ctx: PassContext, message: str) -> None:

@@ -153,7 +153,8 @@ def test_report_and_layer_analysis_cover_fp8(fp8_result):
     data = fp8_result.report.data
     assert data["target"]["activation_dtype"] == "float8e4m3fn" and data["target"]["activation_symmetric"]
     assert "validation" in data["target"]["note"]
-    assert any("opset 17 -> 19" in w for w in data["warnings"])
+    assert data["warnings"] == ["upgraded opset 17 -> 19 for fp8 QuantizeLinear/DequantizeLinear"]   # no
+    # "ORT's graph optimiser changes this model's outputs" (qcompile/accuracy/optimizer_check.py)
     layers = data["layers"]["nodes"]
     assert len(layers) == 4
     for entry in layers:

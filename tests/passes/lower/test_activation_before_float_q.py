@@ -14,11 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qcompile.config import CompileConfig
+from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_divergence
+from qcompile.config import CompileConfig, CpuFeatures
 from qcompile.pass_infra import PassContext
 from qcompile.passes.lower.activation_before_float_q import ActivationBeforeFloatQuantizePass, feeds_float_quantize
 from qcompile.runtime_ext.target import cpu_profile
-from qcompile.config import CpuFeatures
 
 RNG = np.random.default_rng(0)
 
@@ -88,3 +88,15 @@ def test_relu_with_a_float_consumer_besides_the_chain_is_left_alone():
     graph.nodes.append(gs.Node("Identity", inputs=[relu.outputs[0]], outputs=[extra]))
     graph.outputs.append(extra)
     assert not feeds_float_quantize(relu)      # two consumers: ORT's ReluQuantFusion does not fire either
+
+
+def test_optimizer_check_sees_what_the_pass_prevents():
+    """qcompile/accuracy/optimizer_check.py on the same graph: unguarded, ORT 1.32's ReluQuantFusion drops the
+    Relu (the check reports a divergence far above its tolerance; if a later ORT keeps the Relu, this assertion
+    says the guard may be revisited); guarded, ORT computes the graph as written."""
+    x = {"x": RNG.normal(size=(2, 2, 8, 8)).astype(np.float32) * 3}
+    model = _model("Relu", None, ml_dtypes.float8_e4m3fn)
+    unguarded, problem = optimizer_divergence(model, [x])
+    assert problem == "" and unguarded > 10 * DIVERGENCE_TOLERANCE, "ORT no longer drops Relu before an FP8 Q?"
+    guarded, problem = optimizer_divergence(_apply(model)[0], [x])
+    assert problem == "" and guarded < DIVERGENCE_TOLERANCE
