@@ -11,11 +11,15 @@ What ONNX Runtime 1.32 registers (onnxruntime/core/providers/{cpu,cuda}/quantiza
               GPUs with FP8 tensor cores (compute capability ≥ 8.9: Ada, Hopper, Blackwell); no int16 Q/DQ.
 
 So every static preset uses one placement, the explicit-quantisation layout TensorRT reads: Q/DQ on the
-inputs of the compute ops only, symmetric per-channel weights, float bias (there is no FP8 or 16-bit integer
-kernel to take an int32 bias, and a 16-bit input scale would make s_x·s_w so small that bias-safe weight
-scales would cost accuracy), no output re-quantisation and no data-movement Q/DQ (nothing fuses them). The
-CPU fusion check is off: no node is expected to become an integer kernel. a16w8 is refused for the CUDA and
-TensorRT targets, which have no 16-bit Q/DQ.
+inputs of the compute ops only, symmetric per-channel weights, no output re-quantisation and no data-movement
+Q/DQ (nothing fuses them). The bias is what the target's profile says: an int32 DQ at s_x·s_w on the CPU and
+CUDA EPs, float for TensorRT. A float bias does not stay float on ORT's CPU EP: its level-1
+WeightBiasQuantization rewrites the bias of a Conv/Gemm whose input and weight come from DQs into
+DQ(Cast(Round(b / (s_x·s_w)))) with no overflow check, and FP8 and 16-bit scales make s_x·s_w small enough to
+overflow int32 (measured on effnet_lite0 fp8: outputs 6 % off the graph as written). Emitting the int32 bias
+ourselves keeps it in range (bias-safe weight scales, numerics.qparams.bias_safe_weight_scale). The CPU fusion
+check is off: no node is expected to become an integer kernel. a16w8 is refused for the CUDA and TensorRT
+targets, which have no 16-bit Q/DQ.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ def static_preset_profile(profile: TargetProfile, fmt: StaticFormat) -> TargetPr
         transparent_ops=frozenset(),
         fusable_activations=frozenset(),
         per_channel_ops=COMPUTE_OPS,
-        quantize_bias=False,
         requantize_matmul_before_add=False,
         static_int8=True,                        # static Q/DQ is what this preset emits, whatever the target
         default_weight_only=None,

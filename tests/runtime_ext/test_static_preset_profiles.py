@@ -24,8 +24,9 @@ def test_cpu_profile_for_fp8_and_a16w8():
         config, profile, note = apply_static_preset(CompileConfig(preset=preset), CPU)
         assert (config.activation.dtype, config.weight.dtype) == (act, weight)
         assert profile.activation_dtype is act and profile.activation_symmetric is symmetric
-        # inputs-only placement, float bias, no 7-bit weights even without VNNI, no fusion check
-        assert not profile.requantize_output_ops and not profile.transparent_ops and not profile.quantize_bias
+        # inputs-only placement, int32 bias (ORT would quantise a float one unchecked), no 7-bit weights even
+        # without VNNI, no fusion check
+        assert not profile.requantize_output_ops and not profile.transparent_ops and profile.quantize_bias
         assert profile.reduce_range is False and profile.cpu_fusion_check is False
         assert "validation" in note
 
@@ -44,7 +45,7 @@ def test_gpu_note(monkeypatch, capability, expected):
     _, profile, note = apply_static_preset(CompileConfig(preset=Preset.FP8), tensorrt_profile(), capability)
     assert expected in note and "TensorRT builds FP8 kernels" in note
     assert profile.providers[0] == "TensorrtExecutionProvider" and profile.activation_symmetric
-    assert profile.residual_add_producers            # TensorRT's residual-Add Q/DQ stays
+    assert profile.residual_add_producers and not profile.quantize_bias   # TensorRT's placement and float bias
 
 
 def test_fp8_on_cuda_keeps_float32_and_analysis():
