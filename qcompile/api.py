@@ -34,6 +34,8 @@ from qcompile.data.holdout import split_holdout
 from qcompile.accuracy.fidelity_items import FidelityItems, fidelity_items, items_wanted
 from qcompile.data.kv_cache import detect_kv_cache
 from qcompile.data.readers import data_file_paths
+from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_divergence
+from qcompile.config.static_formats import static_format
 from qcompile.emitter import Emission, StatisticsRecorder
 from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
@@ -260,6 +262,8 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: Fideli
         _warn(ctx, f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}")
     for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
+    if static_format(config.preset) is not None:   # no fused kernel: ORT must compute the graph as written
+        _check_optimizer(ctx, emission.model, evaluation.items, config.custom_op_library)
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
     reference = Path(loaded.path) if large_on_disk else loaded.model
@@ -288,6 +292,17 @@ def _check_latency(loaded: LoadedModel, emission: Emission, profile, evaluation:
         _warn(emission.ctx, f"the quantised model is not faster than FP32 ({latency['ratio']:.2f}x its latency, "
                             f"batch {latency['batch']}, 1 thread); likely cause: {cause}")
     return latency
+
+
+def _check_optimizer(ctx: PassContext, model: onnx.ModelProto, source: Iterable,
+                     custom_op_library: str | None) -> None:
+    """Warn where ORT's graph optimiser changes the outputs (qcompile/accuracy/optimizer_check.py)."""
+    divergence, problem = optimizer_divergence(model, source, custom_op_library=custom_op_library)
+    if problem:
+        _warn(ctx, f"could not compare ORT's optimised and unoptimised runs: {problem}")
+    elif divergence is not None and divergence > DIVERGENCE_TOLERANCE:
+        _warn(ctx, f"ORT's graph optimiser changes this model's outputs by {divergence:.3g} (relative L2): "
+                   "the model as written and ORT_ENABLE_ALL disagree")
 
 
 def _warn(ctx: PassContext, message: str) -> None:

@@ -7,8 +7,9 @@
                 → outlier-channel splitting (off by default)                              (channel stats)
     quantize  : select nodes, insert Q/DQ in the main graph and every If/Loop/Scan body (activation ranges)
                 → int8 W/R of LSTM/GRU/RNN in every graph (no data)
-    lower     : keep float Conv/Gemm float in ORT (a Max between a DQ and them), remove what the rewrite left
-                unused, float remainder to float16 where the target profile asks (CUDA)   (no data)
+    lower     : keep float Conv/Gemm float in ORT (a Max between a DQ and them), a Relu/Clip before an FP8 Q as
+                Max/Min (ORT would drop or fail on it), remove what the rewrite left unused, float remainder to
+                float16 where the target profile asks (CUDA)                              (no data)
 
 Each pass states the graph properties it requires and ensures (pass_infra.GraphProperty); run_steps rejects
 an order here in which a pass would run before what it requires was ensured.
@@ -25,6 +26,7 @@ from qcompile.passes.prepare.fold_constants import FoldConstantsPass
 from qcompile.passes.prepare.fuse_pad_into_conv import FusePadIntoConvPass
 from qcompile.passes.prepare.infer_shapes import InferShapesPass
 from qcompile.passes.lower.keep_float import KeepFloatPass
+from qcompile.passes.lower.activation_before_float_q import ActivationBeforeFloatQuantizePass
 from qcompile.passes.prepare.matmul_add_to_gemm import MatMulAddToGemmPass
 from qcompile.passes.prepare.localize_outer_scope import LocalizeOuterScopeInputsPass
 from qcompile.passes.prepare.name_nodes import NameNodesPass
@@ -54,7 +56,8 @@ def build_steps(config: CompileConfig) -> list[Step]:
         Step("transform", (SmoothQuantPass(),)),
         Step("transform", (SplitOutlierChannelsPass(),)),   # its own step: statistics after smoothing
         Step("quantize", (QuantizeAllGraphsPass(), QuantizeRecurrentPass(), QuantizeGatherPass())),
-        Step("lower", (KeepFloatPass(), CleanupPass(), ConvertFloat16Pass())),   # float16: only if the target asks
+        Step("lower", (KeepFloatPass(), ActivationBeforeFloatQuantizePass(), CleanupPass(),
+                       ConvertFloat16Pass())),   # float16: only if the target asks
     ]
     if weight_only:
         steps = [step for step in steps if step.name not in ("transform", "quantize")]

@@ -165,6 +165,15 @@ def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> No
                 add_point(other, nodes[producer.name][1].activation, add.name, integer_producer=False)
 
 
+def format_label(activation: QuantDType, weight: QuantDType) -> str:
+    """The decision's reason: "static int8" for 8-bit integers, else the element types ("static fp8")."""
+    if activation.is_float and weight.is_float:
+        return "static fp8"
+    if activation.bits == weight.bits == 8:
+        return "static int8"
+    return f"static {weight.value} weights, {activation.value} activations"
+
+
 def _mean_request(tensor_name: str, op: str) -> StatRequest:
     return StatRequest(tensor=tensor_name, kind=StatKind.CHANNEL_MEAN, axis=1 if op == "Conv" else -1)
 
@@ -221,7 +230,8 @@ class InsertQDQPass(CalibratedPass):
             stats["activation_qdq"] += 1
         self._quantize_weights(graph, plan, ctx, act_params, node_input, stats)
         for name in plan.activation_matmuls:
-            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED, "static int8, activation x activation",
+            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED,
+                                    f"{format_label(act_dtype, act_dtype)}, activation x activation",
                                     {"activation_dtype": act_dtype.value}))
             stats["quantized_activation_matmul"] += 1
         for name, (op, reason) in plan.skipped.items():
@@ -277,7 +287,8 @@ class InsertQDQPass(CalibratedPass):
                    float(x_params.scale) if bias is not None else None)
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
-                                                           profile.reduce_range, bias, x_params,
+                                                           profile.reduce_range,
+                                                           bias if profile.quantize_bias else None, x_params,
                                                            copy=sum(k[0] == weight.name for k in weight_cache))
             w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
@@ -299,7 +310,8 @@ class InsertQDQPass(CalibratedPass):
                 else:   # the runtime quantises the bias itself (TensorRT)
                     node.inputs[b_index] = bias
                     detail["bias"] = "float"
-            ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED, "static int8", detail))
+            ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED,
+                                    format_label(act_dtype, selection.weight.dtype), detail))
             stats["quantized"] += 1
             stats[f"quantized_{node.op}"] += 1
 

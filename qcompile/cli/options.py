@@ -98,7 +98,8 @@ target_options = _stack(
 
 weight_only_options = _stack(
     click.option("--preset", type=EnumChoice(Preset), show_default=_DEFAULT.preset.value,
-                 help="w8a8 (static INT8) or weight-only w4a16 / w8a16 (LLM-sized MatMuls)."),
+                 help="w8a8 (static INT8), fp8 (FP8 E4M3FN Q/DQ: TensorRT on FP8 GPUs; CPU runs it for validation), "
+                      "a16w8 (uint16 activations, int8 weights: NPU flows) or weight-only w4a16 / w8a16."),
     click.option("--block-size", type=int, show_default=str(_DEFAULT.weight_only.block_size),
                  help="Weight-only: block size along K (32, 64, 128)."),
     click.option("--algorithm", type=EnumChoice(WeightOnlyAlgorithm),
@@ -152,6 +153,14 @@ progress_options = _stack(
     click.option("--no-progress", is_flag=True, help="No progress bars."),
     click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
     click.option("-q", "--quiet", is_flag=True, help="Only errors."),
+)
+
+# inspect takes the two choices that change its plan without the rest of the compile's flags
+inspect_format_options = _stack(
+    click.option("--preset", type=EnumChoice(Preset), show_default=_DEFAULT.preset.value,
+                 help="Plan for this preset (w8a8, fp8, a16w8, w4a16, w8a16)."),
+    click.option("--target", type=EnumChoice(Target), show_default=_DEFAULT.target.value,
+                 help="Plan for this runtime target."),
 )
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from qcompile.cli.build import CompileFlags, build_config
-from qcompile.cli.options import debug_option, image_options, json_option, selection_options
+from qcompile.cli.options import debug_option, image_options, inspect_format_options, json_option, selection_options
 from qcompile.cli.guard import report_guard
 from qcompile.io import write_text_atomic
 from qcompile.report.html import default_html_path, render_html
@@ -42,6 +42,7 @@ def report_command(report_json: Path, output: Path | None, overwrite: bool, debu
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @selection_options
+@inspect_format_options
 @json_option
 @debug_option
 def inspect_command(model: Path, as_json: bool, debug: bool, **flags: Any) -> None:

@@ -80,6 +80,8 @@ class CompileConfig:
             raise ConfigError(f"activation dtype {self.activation.dtype.value} is not supported")
         if self.weight.dtype in (QuantDType.INT4, QuantDType.UINT4) and self.preset is Preset.W8A8:
             raise ConfigError("4-bit weights are only available with weight-only presets")
+        if self.preset is not Preset.FP8 and QuantDType.FLOAT8E4M3FN in (self.activation.dtype, self.weight.dtype):
+            raise ConfigError("float8e4m3fn tensors need the fp8 preset (--preset fp8)")
         if self.weight_only.number_format is NumberFormat.NF4 and self.preset is not Preset.W4A16:
             raise ConfigError("nf4 weights need the w4a16 preset")
         if self.fidelity_samples < 0:
