@@ -9,13 +9,15 @@ Variants (all on the case's calib/ folder, measured on its eval.npz):
     minmax / entropy / percentile / mse   qcompile.compile_model with CompileConfig(activation method = that)
                                           and every other setting at its default
     <method>+classifier                   the same with quantize_classifier=True (classifier forced to int8)
+    <method>+floatclassifier              the same with the classifier kept float unmeasured (the old rule)
     <method>+cle / <method>+nocle         the same with cross-layer equalisation forced on / off
     ort_static_pc                         onnxruntime.quantization.quantize_static, QDQ, MinMax,
                                           per_channel=True (weights QInt8, activations QUInt8 defaults)
 
 Metric: top-1 agreement with FP32 on eval.npz for the classifiers (effnet_lite0: 100 images, fmnist_cnn: 10000),
 mean cosine of sentence_embedding vs FP32 for minilm (200 sentences). Size is the saved model's bytes over the
-FP32 model's. Compile time is wall-clock around compile (load + calibrate + emit, in this process) on this
+FP32 model's. The classifier column is the compile's measured decision (report "classifier": output SQNR
+drop and top-1 agreement drop from quantising the final classifier, on calibration items). Compile time is wall-clock around compile (load + calibrate + emit, in this process) on this
 machine, shared with other jobs: noisy. Eval sessions use 1 intra-op thread.
 """
 
@@ -37,7 +39,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from onnxruntime.quantization import CalibrationMethod as OrtMethod
 
 from qcompile import compile_model
-from qcompile.config import CalibrationMethod, CompileConfig, QuantSpec
+from qcompile.config import CalibrationMethod, ClassifierConfig, CompileConfig, QuantSpec
 
 METHODS = {m.value: m for m in CalibrationMethod}
 DEFAULT_VARIANTS = ("minmax", "entropy", "percentile", "mse", "ort_static_pc")
@@ -51,6 +53,7 @@ class Row:
     metric: float
     size_ratio: float
     compile_s: float
+    classifier: str = "-"
 
 
 def _session(model: str | bytes) -> ort.InferenceSession:
@@ -91,6 +94,8 @@ def _qcompile_config(variant: str) -> CompileConfig:
     for flag in flags:
         if flag == "classifier":
             config = replace(config, quantize_classifier=True)
+        elif flag == "floatclassifier":
+            config = replace(config, classifier=ClassifierConfig(measure=False))
         elif flag in ("cle", "nocle") and hasattr(config, "cross_layer_equalization"):
             config = replace(config, cross_layer_equalization=flag == "cle")
         else:
@@ -116,6 +121,16 @@ def _ort_static_pc(model: Path, calib: Path, out: Path, inputs: list[str]) -> No
                     calibrate_method=OrtMethod.MinMax, per_channel=True)
 
 
+def _classifier_cell(section) -> str:
+    """The measured classifier decision: int8/float (SQNR drop dB, top-1 agreement drop on calib items)."""
+    if not section or not section.get("outputs"):
+        return "-"
+    cost = next(iter(section["outputs"].values()))
+    drop, agree = cost.get("sqnr_drop_db"), cost.get("top1_agreement_drop")
+    return (f"{section['decision']} ({drop:.2f} dB" if drop is not None else f"{section['decision']} (n/a") + (
+        f", {agree:+.3f})" if agree is not None else ")")
+
+
 def run_case(case: str, folder: Path, variants: list[str], log: Callable[[str], None]) -> list[Row]:
     model_path = folder / "model.onnx"
     model = onnx.load(str(model_path), load_external_data=False)
@@ -129,15 +144,19 @@ def run_case(case: str, folder: Path, variants: list[str], log: Callable[[str], 
         for variant in variants:
             out = Path(tmp) / f"{variant}.onnx"
             started = time.perf_counter()
+            classifier = "-"
             if variant == "ort_static_pc":
                 _ort_static_pc(model_path, folder / "calib", out, inputs)
             else:
-                compile_model(model_path, folder / "calib", _qcompile_config(variant)).save(
-                    out, Path(tmp) / f"{variant}.report.json")
+                result = compile_model(model_path, folder / "calib", _qcompile_config(variant))
+                result.save(out, Path(tmp) / f"{variant}.report.json")
+                classifier = _classifier_cell(result.report.data.get("classifier"))
             seconds = time.perf_counter() - started
             approx = _outputs(_session(str(out)), feeds, output)
-            row = Row(case, variant, _metric(case, reference, approx), out.stat().st_size / fp32_bytes, seconds)
-            log(f"| {row.case} | {row.variant} | {row.metric:.4f} | {row.size_ratio:.3f}x | {row.compile_s:.1f} |")
+            row = Row(case, variant, _metric(case, reference, approx), out.stat().st_size / fp32_bytes, seconds,
+                      classifier)
+            log(f"| {row.case} | {row.variant} | {row.metric:.4f} | {row.size_ratio:.3f}x | {row.compile_s:.1f} "
+                f"| {row.classifier} |")
             rows.append(row)
     return rows
 
@@ -150,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also append the table to this markdown file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    lines = ["| case | variant | agreement / cosine | size vs FP32 | compile s |", "|---|---|---|---|---|"]
+    lines = ["| case | variant | agreement / cosine | size vs FP32 | compile s | classifier (SQNR drop, agreement drop) |",
+             "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
 
     def log(line: str) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -22,13 +23,14 @@ import onnx_graphsurgeon as gs
 
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
+from qcompile.accuracy.classifier import choose_classifier_precision, measures_classifier
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
-from qcompile.emitter import Emission, StatisticsRecorder
+from qcompile.emitter import Emission, Emitter, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
@@ -183,18 +185,27 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
              started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
     """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
     prepared = prepare_compile(loaded.model, config)      # target defaults, opset
-    baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
+    measure_classifier = measures_classifier(prepared.config)
+    emitted = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, quantize_classifier=True)) \
+        if measure_classifier else prepared
+    baseline, recorder, collect = _calibrate_and_emit(emitted, source, progress, reuse=measure_classifier)
+    classifier = None
+    if measure_classifier:   # int8 classifier vs float one, from the same statistics (accuracy/classifier.py)
+        choice = choose_classifier_precision(
+            reference=loaded.model, quantized=baseline, calibration=source, settings=prepared.config.classifier,
+            float_emitter=Emitter(prepared.model, prepared.config, prepared.profile, recorder.wrap(collect), _export))
+        baseline, classifier = choice.emission, choice.report
     analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
                                calibration=source, baseline=baseline, recorder=recorder, collect=collect,
                                export=_export, eval_data=eval_data, metric=metric)
     final = analysis.emission if analysis is not None else baseline
     verification = _verify(loaded, final, prepared.profile, source)
     return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
-                                                           analysis, time.perf_counter() - started))
+                                                           analysis, time.perf_counter() - started, classifier))
 
 
-def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
-                        progress: bool) -> tuple[Emission, StatisticsRecorder, Collector]:
+def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource, progress: bool,
+                        reuse: bool = False) -> tuple[Emission, StatisticsRecorder, Collector]:
     """The pipeline's steps on the prepared model, statistics gathered on ``source`` (or Ray workers)."""
     config = prepared.config
     try:
@@ -206,7 +217,7 @@ def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
         ctx.warnings.append(prepared.opset_note)
 
     steps = build_steps(config)
-    recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
+    recorder = StatisticsRecorder(reuse=reuse or config.accuracy_budget is not None)
     memory_budget_bytes = config.calibration.memory_budget_mb << 20
     with _progress(len(steps), "compile", progress, "step") as bar, \
             distributed.connect(config.calibration.workers) as cluster:
@@ -264,7 +275,8 @@ def _warn(ctx: PassContext, message: str) -> None:
 
 
 def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparation, final: Emission,
-            verification: Verification, analysis: Outcome | None, seconds: float) -> CompileReport:
+            verification: Verification, analysis: Outcome | None, seconds: float,
+            classifier: Mapping[str, Any] | None = None) -> CompileReport:
     ctx, config, fusion = final.ctx, final.config, verification.fusion
     output_bytes = model_size_bytes(final.model)
     return CompileReport({
@@ -291,6 +303,7 @@ def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparatio
         "warnings": list(ctx.warnings),
         "layers": analysis.layers if analysis else None,
         "fallback": analysis.fallback if analysis else None,
+        "classifier": classifier,
     })
 
 

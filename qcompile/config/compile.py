@@ -12,6 +12,7 @@ from typing import Any
 
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig
 from qcompile.config.calibration import CalibrationConfig
+from qcompile.config.classifier import ClassifierConfig
 from qcompile.config.quant import EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern
 from qcompile.config.target import Target
 from qcompile.config.transforms import OutlierSplitConfig, SmoothQuantConfig
@@ -49,6 +50,10 @@ class CompileConfig:
     # MatMuls of two activations (attention QKᵀ, P·V): float by default (measured slower and less accurate
     # on MiniLM at INT8, see notes/issue-5); True puts Q/DQ on both inputs
     quantize_activation_matmuls: bool = False
+    # the final classifier: quantised when measurement says it costs little (config/classifier.py)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Conv -> [Relu] -> Conv weight-range equalisation (passes/transform/cross_layer_equalization.py)
+    cross_layer_equalization: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.op_types) - QUANTIZABLE_OP_TYPES)
