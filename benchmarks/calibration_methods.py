@@ -11,6 +11,7 @@ Variants (all on the case's calib/ folder, measured on its eval.npz):
     <method>+classifier                   the same with quantize_classifier=True (classifier forced to int8)
     <method>+floatclassifier              the same with the classifier kept float unmeasured (the old rule)
     <method>+cle / <method>+nocle         the same with cross-layer equalisation forced on / off
+    <method>+pertensor                    the same with per-tensor weights (where CLE matters most)
     ort_static_pc                         onnxruntime.quantization.quantize_static, QDQ, MinMax,
                                           per_channel=True (weights QInt8, activations QUInt8 defaults)
 
@@ -40,7 +41,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 from onnxruntime.quantization import CalibrationMethod as OrtMethod
 
 from qcompile import compile_model
-from qcompile.config import CalibrationMethod, ClassifierConfig, CompileConfig, QuantSpec
+from qcompile.config import CalibrationMethod, ClassifierConfig, CompileConfig, Granularity, QuantSpec
 
 METHODS = {m.value: m for m in CalibrationMethod}
 DEFAULT_VARIANTS = ("minmax", "entropy", "percentile", "mse", "ort_static_pc")
@@ -104,8 +105,10 @@ def _qcompile_config(variant: str) -> CompileConfig:
             config = replace(config, quantize_classifier=True)
         elif flag == "floatclassifier":
             config = replace(config, classifier=ClassifierConfig(measure=False))
-        elif flag in ("cle", "nocle") and hasattr(config, "cross_layer_equalization"):
+        elif flag in ("cle", "nocle"):
             config = replace(config, cross_layer_equalization=flag == "cle")
+        elif flag == "pertensor":
+            config = replace(config, weight=replace(config.weight, granularity=Granularity.TENSOR))
         else:
             raise SystemExit(f"unknown variant flag {flag!r} in {variant!r}")
     return config
