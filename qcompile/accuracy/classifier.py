@@ -1,7 +1,7 @@
 """The final classifier's precision, decided by measurement instead of a blanket "stays float" rule.
 
 Let C be the final-classifier nodes (qcompile/selection.py ``classifier_nodes``: compute nodes whose output reaches
-a model output through bias adds and data movement only) that the compile quantised, and Y the FP32 outputs on
+a model output through bias adds and data movement only, If branches included) that the compile quantised, and Y the FP32 outputs on
 the first n calibration items. The same statistics give two emissions (no second calibration): Ŷ_q with C
 quantised and Ŷ_f with C float. Per float output o, with
 
@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import onnx
-import onnx_graphsurgeon as gs
 
 from qcompile.accuracy.fidelity import Fidelity, compare_outputs, run_outputs
 from qcompile.config import ClassifierConfig, CompileConfig
 from qcompile.emitter import Emission, Emitter
 from qcompile.io.validate import with_unique_node_names
 from qcompile.pass_infra import NodeDecision, NodeStatus
-from qcompile.selection import classifier_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +50,11 @@ def measures_classifier(config: CompileConfig) -> bool:
     return config.classifier.measure and not config.quantize_classifier and config.preset.weight_only_bits is None
 
 
-def quantized_classifiers(emission: Emission) -> list[str]:
-    """The final-classifier nodes ``emission`` quantised."""
-    names = classifier_nodes(gs.import_onnx(emission.model))
-    return sorted(n for n in names if (d := emission.ctx.decisions.get(n)) is not None
-                  and d.status is NodeStatus.QUANTIZED)
+def rule_changed_nodes(quantized: Emission, kept_float: Emission) -> list[str]:
+    """Nodes ``quantized`` quantised and ``kept_float`` skipped: the final classifiers the selection rule keeps
+    float, in the main graph or in an If branch computing a model output (passes/quantize/quantize_subgraphs.py)."""
+    return sorted(name for name, d in quantized.ctx.decisions.items() if d.status is NodeStatus.QUANTIZED
+                  and (f := kept_float.ctx.decisions.get(name)) is not None and f.status is NodeStatus.SKIPPED)
 
 
 def _finite(value: Any) -> float | None:
@@ -96,10 +94,10 @@ def within_tolerance(costs: Mapping[str, Mapping[str, float | None]], settings: 
 def choose_classifier_precision(*, reference: onnx.ModelProto, quantized: Emission, float_emitter: Emitter,
                                 calibration: Iterable, settings: ClassifierConfig) -> ClassifierChoice:
     """Keep ``quantized`` (classifier int8) or re-emit with the classifier float, by the module docstring's rule."""
-    names = quantized_classifiers(quantized)
+    kept_float = float_emitter.emit()
+    names = rule_changed_nodes(quantized, kept_float)
     if not names:
         return ClassifierChoice(quantized, {"nodes": [], "decision": "no final classifier was quantised"})
-    kept_float = float_emitter.emit()
     items = list(itertools.islice(calibration, settings.samples))
     _, ref_outputs = run_outputs(with_unique_node_names(reference), items)
     costs = classifier_costs(compare_outputs(ref_outputs, run_outputs(quantized.model, items)[1]),
