@@ -9,7 +9,7 @@ Variants (all on the case's calib/ folder, measured on its eval.npz):
     minmax / entropy / percentile / mse   qcompile.compile_model with CompileConfig(activation method = that)
                                           and every other setting at its default
     <method>+classifier                   the same with quantize_classifier=True (classifier forced to int8)
-    <method>+floatclassifier              the same with the classifier kept float unmeasured (the old rule)
+    <method>+measured                     the same with the classifier's precision measured (classifier.measure)
     <method>+cle / <method>+nocle         the same with cross-layer equalisation forced on / off
     <method>+pertensor                    the same with per-tensor weights (where CLE matters most)
     ort_static_pc                         onnxruntime.quantization.quantize_static, QDQ, MinMax,
@@ -44,7 +44,8 @@ from qcompile import compile_model
 from qcompile.config import CalibrationMethod, ClassifierConfig, CompileConfig, Granularity, QuantSpec
 
 METHODS = {m.value: m for m in CalibrationMethod}
-DEFAULT_VARIANTS = ("minmax", "entropy", "percentile", "mse", "ort_static_pc")
+DEFAULT_VARIANTS = ("minmax", "entropy", "percentile", "mse", "minmax+measured", "entropy+measured",
+                    "percentile+measured", "mse+measured", "ort_static_pc")
 EVAL_BATCH = 50
 
 
@@ -103,8 +104,8 @@ def _qcompile_config(variant: str) -> CompileConfig:
     for flag in flags:
         if flag == "classifier":
             config = replace(config, quantize_classifier=True)
-        elif flag == "floatclassifier":
-            config = replace(config, classifier=ClassifierConfig(measure=False))
+        elif flag == "measured":
+            config = replace(config, classifier=ClassifierConfig(measure=True))
         elif flag in ("cle", "nocle"):
             config = replace(config, cross_layer_equalization=flag == "cle")
         elif flag == "pertensor":

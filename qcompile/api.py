@@ -186,14 +186,13 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
     """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
     prepared = prepare_compile(loaded.model, config)      # target defaults, opset
     measure_classifier = measures_classifier(prepared.config)
-    emitted = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, quantize_classifier=True)) \
-        if measure_classifier else prepared
-    baseline, recorder, collect = _calibrate_and_emit(emitted, source, progress, reuse=measure_classifier)
+    baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress, reuse=measure_classifier)
     classifier = None
-    if measure_classifier:   # int8 classifier vs float one, from the same statistics (accuracy/classifier.py)
+    if measure_classifier:   # the same compile with the classifier int8, measured against it (accuracy/classifier.py)
+        int8 = dataclasses.replace(prepared.config, quantize_classifier=True)
         choice = choose_classifier_precision(
-            reference=loaded.model, quantized=baseline, calibration=source, settings=prepared.config.classifier,
-            float_emitter=Emitter(prepared.model, prepared.config, prepared.profile, recorder.wrap(collect), _export))
+            reference=loaded.model, kept_float=baseline, calibration=source, settings=prepared.config.classifier,
+            int8_emitter=Emitter(prepared.model, int8, prepared.profile, recorder.wrap(collect), _export))
         baseline, classifier = choice.emission, choice.report
     analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
                                calibration=source, baseline=baseline, recorder=recorder, collect=collect,

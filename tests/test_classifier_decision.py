@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from qcompile.accuracy.classifier import within_tolerance
+from models.generate import if_subgraph_model, make_samples
+
+from qcompile.accuracy.classifier import choose_classifier_precision, within_tolerance
 from qcompile.api import compile_model
 from qcompile.config import ClassifierConfig, CompileConfig
-from qcompile.errors import ConfigError
+from qcompile.emitter import Emission
+from qcompile.errors import CalibrationError, ConfigError
+from qcompile.pass_infra import PassContext
 
-SETTINGS = ClassifierConfig()   # 1 dB, no agreement loss
+SETTINGS = ClassifierConfig(measure=True)   # 1 dB, no agreement loss
+MEASURED = CompileConfig(classifier=SETTINGS)
 
 
 def _cost(drop, agreement=None):
@@ -36,9 +41,9 @@ def _classifier_status(result):
     return section, [statuses[name] for name in section["nodes"]]
 
 
-def test_default_compile_measures_and_follows_the_rule(tiny_cnn_case):
+def test_measured_compile_follows_the_rule(tiny_cnn_case):
     model, calib = tiny_cnn_case
-    section, nodes = _classifier_status(compile_model(model, calib))
+    section, nodes = _classifier_status(compile_model(model, calib, MEASURED))
     assert section["nodes"] and section["samples"] == 16
     expected = "int8" if within_tolerance(section["outputs"], SETTINGS) else "float"
     assert section["decision"] == expected
@@ -47,8 +52,8 @@ def test_default_compile_measures_and_follows_the_rule(tiny_cnn_case):
 
 
 @pytest.mark.parametrize(("settings", "decision"), [
-    (ClassifierConfig(max_sqnr_drop_db=1e6, max_agreement_drop=1.0), "int8"),
-    (ClassifierConfig(max_sqnr_drop_db=0.0, max_agreement_drop=0.0), None)])
+    (ClassifierConfig(measure=True, max_sqnr_drop_db=1e6, max_agreement_drop=1.0), "int8"),
+    (ClassifierConfig(measure=True, max_sqnr_drop_db=0.0, max_agreement_drop=0.0), None)])
 def test_tolerance_decides(tiny_cnn_case, settings, decision):
     model, calib = tiny_cnn_case
     section, nodes = _classifier_status(compile_model(model, calib, CompileConfig(classifier=settings)))
@@ -58,9 +63,40 @@ def test_tolerance_decides(tiny_cnn_case, settings, decision):
 
 def test_unmeasured_keeps_it_float_and_forced_quantises_it(tiny_cnn_case):
     model, calib = tiny_cnn_case
-    result = compile_model(model, calib, CompileConfig(classifier=ClassifierConfig(measure=False)))
+    result = compile_model(model, calib)          # the default: the selection rule, unmeasured
     assert result.report.data["classifier"] is None
     assert any(n["status"] == "skipped" and "final classifier" in n["reason"] for n in result.report.data["nodes"])
     forced = compile_model(model, calib, CompileConfig(quantize_classifier=True))
     assert forced.report.data["classifier"] is None
     assert not any("final classifier" in n["reason"] for n in forced.report.data["nodes"])
+
+
+def _if_samples(count):
+    return make_samples("if_subgraph_model", count)
+
+
+def test_a_classifier_inside_an_if_branch_is_measured_too():
+    """The measured nodes are those the selection rule keeps float, wherever they are (here: an If branch
+    computing the logits, passes/quantize/quantize_subgraphs.py)."""
+    result = compile_model(if_subgraph_model(), _if_samples(16), MEASURED)
+    section = result.report.data["classifier"]
+    assert section["nodes"] == ["then/MatMul_0"]
+    status = {n["name"]: n for n in result.report.data["nodes"]}["then/MatMul_0"]["status"]
+    assert status == ("quantized" if section["decision"] == "int8" else "skipped")
+
+
+class _FailingEmitter:
+    def emit(self):
+        raise CalibrationError("tensor 'r1' on calibration data: calibration batch holds NaN or Inf values")
+
+
+def test_a_classifier_that_cannot_be_calibrated_stays_float(tiny_cnn_case):
+    """The int8 variant gathers the classifier's input range on top of the compile's; if that fails (NaN on
+    a tensor only the classifier reads), the compile as the rule made it stands, with the reason reported."""
+    model, calib = tiny_cnn_case
+    baseline = compile_model(model, calib)
+    emission = Emission(baseline.model, PassContext(config=CompileConfig(), target=None), (), CompileConfig(), ())
+    choice = choose_classifier_precision(reference=baseline.model, kept_float=emission,
+                                         int8_emitter=_FailingEmitter(), calibration=[], settings=SETTINGS)
+    assert choice.emission is emission and choice.report["decision"] == "float"
+    assert "NaN" in choice.report["reason"]

@@ -30,6 +30,7 @@ import onnx
 from qcompile.accuracy.fidelity import Fidelity, compare_outputs, run_outputs
 from qcompile.config import ClassifierConfig, CompileConfig
 from qcompile.emitter import Emission, Emitter
+from qcompile.errors import QCompileError
 from qcompile.io.validate import with_unique_node_names
 from qcompile.pass_infra import NodeDecision, NodeStatus
 
@@ -91,13 +92,20 @@ def within_tolerance(costs: Mapping[str, Mapping[str, float | None]], settings: 
     return True
 
 
-def choose_classifier_precision(*, reference: onnx.ModelProto, quantized: Emission, float_emitter: Emitter,
+def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emission, int8_emitter: Emitter,
                                 calibration: Iterable, settings: ClassifierConfig) -> ClassifierChoice:
-    """Keep ``quantized`` (classifier int8) or re-emit with the classifier float, by the module docstring's rule."""
-    kept_float = float_emitter.emit()
+    """Keep ``kept_float`` (the compile as the selection rule made it) or the re-emission with the classifier
+    int8, by the module docstring's rule. The int8 emission gathers only the statistics the first one lacked
+    (the classifier's input range); if they cannot be gathered (NaN on its input), the classifier stays float."""
+    try:
+        quantized = int8_emitter.emit()
+    except QCompileError as exc:
+        logger.info("final classifier kept float: the int8 variant failed: %s", exc)
+        return ClassifierChoice(kept_float, {"nodes": [], "decision": "float",
+                                             "reason": f"the int8 classifier could not be compiled: {exc}"})
     names = rule_changed_nodes(quantized, kept_float)
     if not names:
-        return ClassifierChoice(quantized, {"nodes": [], "decision": "no final classifier was quantised"})
+        return ClassifierChoice(kept_float, {"nodes": [], "decision": "no final classifier to quantise"})
     items = list(itertools.islice(calibration, settings.samples))
     _, ref_outputs = run_outputs(with_unique_node_names(reference), items)
     costs = classifier_costs(compare_outputs(ref_outputs, run_outputs(quantized.model, items)[1]),
@@ -110,20 +118,15 @@ def choose_classifier_precision(*, reference: onnx.ModelProto, quantized: Emissi
               "decision": "int8" if keep_int8 else "float"}
     logger.info("final classifier %s: %s (on %d calibration items)", "quantised" if keep_int8 else "kept float",
                 summary, len(items))
-    if keep_int8:
-        for name in names:
-            decision = quantized.ctx.decisions[name]
-            quantized.ctx.decisions[name] = NodeDecision(
-                name, decision.op_type, decision.status,
-                f"{decision.reason}; final classifier quantised: measured {summary}", decision.detail)
-        return ClassifierChoice(quantized, report)
+    chosen = quantized if keep_int8 else kept_float
+    verdict = "quantised" if keep_int8 else "kept float"
     for name in names:
-        decision = kept_float.ctx.decisions.get(name)
-        op = decision.op_type if decision is not None else quantized.ctx.decisions[name].op_type
-        kept_float.ctx.decisions[name] = NodeDecision(
-            name, op, NodeStatus.SKIPPED, f"final classifier kept float: quantising it measured {summary} "
-            f"(tolerance {settings.max_sqnr_drop_db} dB, {settings.max_agreement_drop} agreement)")
-    return ClassifierChoice(kept_float, report)
+        decision = chosen.ctx.decisions[name]
+        chosen.ctx.decisions[name] = NodeDecision(
+            name, decision.op_type, decision.status,
+            f"final classifier {verdict}: quantising it measured {summary} (tolerance "
+            f"{settings.max_sqnr_drop_db} dB, {settings.max_agreement_drop} agreement)", decision.detail)
+    return ClassifierChoice(chosen, report)
 
 
 def _fmt(value: float | None) -> str:

@@ -12,9 +12,10 @@ class ClassifierConfig:
     """``measure``: compile with the final classifier quantised and with it float, measure both against FP32
     on the first ``samples`` calibration items, and keep it quantised iff that costs at most
     ``max_sqnr_drop_db`` of output SQNR and at most ``max_agreement_drop`` of top-1 agreement (logit outputs).
-    ``measure=False`` keeps it float without measuring; ``quantize_classifier=True`` forces int8."""
+    ``measure=False`` (the default for now) keeps it float without measuring; ``quantize_classifier=True``
+    forces int8."""
 
-    measure: bool = True
+    measure: bool = False
     max_sqnr_drop_db: float = 1.0
     max_agreement_drop: float = 0.0
     samples: int = 32

@@ -50,7 +50,7 @@ class CompileConfig:
     # MatMuls of two activations (attention QKᵀ, P·V): float by default (measured slower and less accurate
     # on MiniLM at INT8, see notes/issue-5); True puts Q/DQ on both inputs
     quantize_activation_matmuls: bool = False
-    # the final classifier: quantised when measurement says it costs little (config/classifier.py)
+    # the final classifier: float, or quantised when measurement says it costs little (config/classifier.py)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     # Conv -> [Relu] -> Conv weight-range equalisation (passes/transform/cross_layer_equalization.py)
     cross_layer_equalization: bool = False

@@ -12,7 +12,6 @@ import pytest
 
 from models.generate import if_subgraph_model, loop_scan_model, make_samples
 from qcompile import CompileConfig, compile_model
-from qcompile.config import ClassifierConfig
 from qcompile.errors import SelectionError
 
 from tests.passes.ort_reference import run_unoptimized
@@ -64,9 +63,8 @@ def test_if_branches_are_quantised_and_fused() -> None:
     assert _relative_l2_error(model, result.model, _if_samples(8, None, seed=7)) < 0.03
 
 
-def test_branch_computing_the_output_keeps_its_classifier_float_by_the_rule() -> None:
-    result = compile_model(if_subgraph_model(), _if_samples(16, None),
-                           CompileConfig(classifier=ClassifierConfig(measure=False)))
+def test_branch_computing_the_output_keeps_its_classifier_float_by_default() -> None:
+    result = compile_model(if_subgraph_model(), _if_samples(16, None))
     nodes = _nodes(result.report)
     # then: MatMul -> bias Add -> If output -> model output: the logits
     assert nodes["then/MatMul_0"]["status"] == "skipped"
@@ -74,15 +72,6 @@ def test_branch_computing_the_output_keeps_its_classifier_float_by_the_rule() ->
     # else: the MatMuls feed a residual Add of two activations, not the logits directly
     assert nodes["else/MatMul_0"]["status"] == "quantized"
     assert nodes["else/MatMul_1"]["status"] == "quantized"
-
-
-def test_branch_classifier_is_measured_by_default() -> None:
-    """The measured decision (qcompile/accuracy/classifier.py) sees a classifier inside an If branch too."""
-    result = compile_model(if_subgraph_model(), _if_samples(16, None))
-    section = result.report.data["classifier"]
-    assert section["nodes"] == ["then/MatMul_0"]
-    status = _nodes(result.report)["then/MatMul_0"]["status"]
-    assert status == ("quantized" if section["decision"] == "int8" else "skipped")
 
 
 def test_branch_never_taken_stays_float_with_a_reason() -> None:
@@ -107,9 +96,7 @@ def test_loop_and_scan_bodies_are_quantised_and_fused() -> None:
     for name in ("MatMul_0", "scan/MatMul_0", "scan/MatMul_1", "loop/MatMul_0"):
         assert nodes[name]["status"] == "quantized", (name, nodes[name])
         assert nodes[name]["fused"] is True, (name, nodes[name]["ort_kernel"])
-    classifier = result.report.data["classifier"]           # the classifier, outside the bodies: measured
-    assert classifier["nodes"] == ["MatMul_1"]
-    assert nodes["MatMul_1"]["status"] == ("quantized" if classifier["decision"] == "int8" else "skipped")
+    assert nodes["MatMul_1"]["status"] == "skipped"          # the classifier, outside the bodies
     assert result.report.data["summary"]["unfused_nodes"] == 0
     onnx.checker.check_model(result.model, full_check=True)
     # recurrent state through tanh and 2 loop steps: relative L2 error under 5 % on held-out sequences
