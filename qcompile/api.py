@@ -24,12 +24,14 @@ import onnx_graphsurgeon as gs
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
 from qcompile.accuracy.classifier import choose_classifier_precision, measures_classifier
+from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
 from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
+from qcompile.data.kv_cache import detect_kv_cache, first_item_names, kv_calibration_source
 from qcompile.emitter import Emission, Emitter, StatisticsRecorder
 from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
@@ -152,6 +154,13 @@ def _open_calibration(calib: CalibSource, model: onnx.ModelProto, config: Compil
     if _is_one_shot(calib):
         calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
                                  Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
+    layout = detect_kv_cache(model)
+    names = first_item_names(calib) if layout is not None else None
+    if layout is not None and names is not None and not names & layout.past_names:
+        # token-only windows for a KV-cache decoder: the FP32 model makes the pasts (data/kv_cache.py)
+        tokens = open_calibration_source(calib, [s for s in specs if s.name in names],
+                                         num_samples=config.calibration.num_samples)
+        return kv_calibration_source(model, layout, tokens, specs, custom_op_library=config.custom_op_library)
     return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
                                    image=config.calibration.image)
 
@@ -263,8 +272,13 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, source: Calibratio
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
-    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
-                                config.fidelity_samples, custom_op_library=config.custom_op_library)
+    reference = Path(loaded.path) if large_on_disk else loaded.model
+    fidelity = measure_fidelity(reference, emission.model, source, config.fidelity_samples,
+                                custom_op_library=config.custom_op_library)
+    layout = detect_kv_cache(loaded.model)
+    if layout is not None and config.fidelity_samples:   # teacher-forced logits are not enough for a decoder
+        fidelity = {**fidelity, "decode": measure_decode(reference, emission.model, layout, source,
+                                                         custom_op_library=config.custom_op_library)}
     return Verification(tuple(quantized_names), fusion, fidelity)
 
 

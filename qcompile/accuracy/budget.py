@@ -3,7 +3,9 @@
 A budget B (qcompile/config: AccuracyBudget, whose own ranges are checked when it is built) holds for a
 model's Fidelity F (qcompile/accuracy/fidelity.py, worst float output) when every bound it sets does:
 
-    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement,
+    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement (the task
+    agreement of the output's role: top-1 of class scores, collapsed-sequence agreement of sequence scores,
+    confident-candidate class agreement of detections; qcompile/accuracy/output_roles.py),
     metric(fp32 outputs, outputs) ≥ min_metric
 
 A bound whose value could not be measured (None) is missed. It is checked on held-out eval data or, without
@@ -57,8 +59,9 @@ def check_budget_applies(budget: AccuracyBudget, fidelity: Fidelity) -> None:
     if not fidelity.outputs:
         raise ConfigError("the accuracy budget needs a float output to compare with FP32; the model has none")
     if budget.min_top1_agreement is not None and fidelity.top1_agreement is None:
-        raise ConfigError("min_top1_agreement needs a rank-2 logits output [batch, classes]; outputs are "
-                          f"{sorted(fidelity.outputs)}")
+        raise ConfigError("min_top1_agreement needs a class-score [batch, classes], sequence-score [batch, time, "
+                          "classes] or detection output; the outputs are "
+                          + ", ".join(f"{n} ({o.get('role', '?')})" for n, o in sorted(fidelity.outputs.items())))
 
 
 def budget_json(budget: AccuracyBudget) -> dict[str, Any]:

@@ -47,14 +47,32 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
         return
     summary = result.report.data["summary"]
     fidelity = result.report.fidelity.get("outputs", {})
-    fid_text = ", ".join(
-        f"{name}: cos {v['cosine_mean']:.4f}" + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "")
-        for name, v in fidelity.items())
+    decode = result.report.fidelity.get("decode")
+    if decode:   # a KV-cache decoder: its cache outputs are inputs of the next step, the decode check covers them
+        fidelity = {name: v for name, v in fidelity.items() if not name.startswith("present")}
+    fid_text = ", ".join(f"{name}: {task_fidelity_text(v)}" for name, v in fidelity.items())
+    if decode and decode.get("prompts"):
+        fid_text += (f"; greedy decode vs FP32: first token {decode['first_token']:.2f}, "
+                     f"matching prefix {decode['matching_prefix']:.2f} of {decode['new_tokens']}")
     click.echo(f"wrote {out_path} ({summary['quantized_nodes']} nodes quantised, "
                f"size {summary['size_ratio']:.2f}x; {fid_text or 'fidelity not measured'})")
     click.echo(f"report {out_report}")
     if result.report.data.get("fallback"):
         click.echo(fallback_summary(result.report.data["fallback"]))
+
+
+def task_fidelity_text(entry: dict) -> str:
+    """Cosine, then what the output's role reads (accuracy/output_roles.py): top-1, sequences, detections."""
+    text = f"cos {entry['cosine_mean']:.4f}"
+    if "sequence_agreement" in entry:
+        return text + f" steps {entry['top1_agreement']:.3f} sequences {entry['sequence_agreement']:.3f}"
+    if "candidate_agreement" in entry:
+        boxes = f", box error {entry['box_relative_error']:.3f}" if "box_relative_error" in entry else ""
+        return text + (f" detections {entry['candidate_agreement']:.3f} (score error "
+                       f"{entry['score_abs_error']:.3f}{boxes})")
+    if "top1_agreement" in entry:
+        return text + f" top1 {entry['top1_agreement']:.3f}"
+    return text
 
 
 def fallback_summary(fallback: dict) -> str:

@@ -106,8 +106,16 @@ def _summary(data: Mapping[str, Any]) -> str:
     else:
         cards.append(_card("Latency", "not measured", "measured with an accuracy budget, or run qcompile compare"))
     for name, entry in (data.get("fidelity", {}).get("outputs") or {}).items():
-        detail = f"output {_e(name)}: SQNR {_num(entry.get('sqnr_db'), 1)} dB"
-        if "top1_agreement" in entry:
+        role = f" ({_e(entry['role'].replace('_', ' '))})" if entry.get("role") else ""
+        detail = f"output {_e(name)}{role}: SQNR {_num(entry.get('sqnr_db'), 1)} dB"
+        if "sequence_agreement" in entry:
+            detail += (f", per-step argmax agreement {_num(entry['top1_agreement'], 3)}, sequence agreement "
+                       f"{_num(entry['sequence_agreement'], 3)}")
+        elif "candidate_agreement" in entry:
+            detail += (f", confident detections agreeing {_num(entry['candidate_agreement'], 3)}, score error "
+                       f"{_num(entry.get('score_abs_error'), 3)}"
+                       + (f", box error {_num(entry['box_relative_error'], 3)}" if "box_relative_error" in entry else ""))
+        elif "top1_agreement" in entry:
             detail += f", top-1 agreement {_num(entry['top1_agreement'], 3)}"
         cards.append(_card("Cosine vs FP32", _num(entry.get("cosine_mean")),
                            detail + f" ({_num(entry.get('samples'))} calibration samples)"))

@@ -16,6 +16,7 @@ from typing import Any
 from qcompile.errors import UnsupportedModelError
 from qcompile.data import load_eval_data, model_input_specs
 from qcompile.accuracy.fidelity import compare_outputs, run_outputs
+from qcompile.accuracy.output_roles import infer_output_roles
 from qcompile.accuracy.latency import measure_latency
 from qcompile.io import load_model
 
@@ -30,7 +31,8 @@ def compare_models(reference: str | Path, candidate: str | Path, data: Any, *, s
     missing = [n for n in ref_names if n not in cand_names]
     if missing:
         raise UnsupportedModelError(f"the candidate model lacks output(s) {missing} of the reference")
-    fidelity = compare_outputs(ref_out, [{n: o[n] for n in ref_names} for o in cand_out])
+    fidelity = compare_outputs(ref_out, [{n: o[n] for n in ref_names} for o in cand_out],
+                               roles=infer_output_roles(ref.model))
     latency = measure_latency({"reference": ref.model, "candidate": cand.model}, evaluation.items[0],
                               rounds=rounds, runs=runs, threads=threads)
     return {
