@@ -23,6 +23,7 @@ from qcompile.calibrators.channel import ChannelAbsMaxCalibrator
 from qcompile.calibrators.channel_mean import ChannelMeanCalibrator
 from qcompile.calibrators.hessian import HessianCalibrator
 from qcompile.calibrators.factory import make_calibrator
+from qcompile.calibrators.range_rules import apply_range_rules
 from qcompile.calibrators.row_sample import RowSampleCalibrator
 from qcompile.calibrators.subgraph_outputs import (conditional_in_stacking_names, expose_subgraph_tensors,
                                                    merge_stacked_axes, subgraph_tensor_names)
@@ -108,8 +109,9 @@ def empty_calibrators(requests: Sequence[StatRequest]) -> dict[StatRequest, Cali
 
 
 def compute_ranges(graph: gs.Graph, calibrators: Mapping[StatRequest, Calibrator]) -> dict[StatRequest, TensorRange]:
-    """The statistic of each (possibly merged) calibrator; see ``_results``."""
-    return _results(calibrators, subgraph_tensor_names(graph))
+    """The statistic of each (possibly merged) calibrator (see ``_results``), activation ranges after the
+    rules of calibrators/range_rules.py (bounded producers; no histogram method worse than min-max)."""
+    return apply_range_rules(graph, calibrators, _results(calibrators, subgraph_tensor_names(graph)))
 
 
 def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],

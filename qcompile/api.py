@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -21,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
+from qcompile.accuracy.classifier import choose_classifier_precision, measures_classifier
 from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
@@ -36,7 +38,7 @@ from qcompile.data.kv_cache import detect_kv_cache
 from qcompile.data.readers import data_file_paths
 from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_divergence
 from qcompile.config.static_formats import static_format
-from qcompile.emitter import Emission, StatisticsRecorder
+from qcompile.emitter import Emission, Emitter, StatisticsRecorder
 from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
@@ -181,8 +183,17 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
              started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
     """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
     prepared = prepare_compile(loaded.model, config)      # target defaults, opset
+    measure_classifier = measures_classifier(prepared.config)
     with phase("calibrate and emit", progress):
-        baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
+        baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress, reuse=measure_classifier)
+    classifier = None
+    if measure_classifier:   # the same compile with the classifier int8, measured against it (accuracy/classifier.py)
+        with phase("classifier precision", progress):
+            int8 = dataclasses.replace(prepared.config, quantize_classifier=True)
+            choice = choose_classifier_precision(
+                reference=loaded.model, kept_float=baseline, calibration=source, settings=prepared.config.classifier,
+                int8_emitter=Emitter(prepared.model, int8, prepared.profile, recorder.wrap(collect), _export))
+            baseline, classifier = choice.emission, choice.report
     with phase("per-layer analysis and fallback", progress and _analyses(config)):
         analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
                                    calibration=source, baseline=baseline, recorder=recorder, collect=collect,
@@ -192,15 +203,15 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
         verification = _verify(loaded, final, prepared.profile,
                                fidelity_items(loaded.model, source, eval_data, config))
     return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
-                                                           analysis, time.perf_counter() - started))
+                                                           analysis, time.perf_counter() - started, classifier))
 
 
 def _analyses(config: CompileConfig) -> bool:
     return config.accuracy_budget is not None or config.analysis.layers.value != "none"
 
 
-def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
-                        progress: bool) -> tuple[Emission, StatisticsRecorder, Collector]:
+def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource, progress: bool,
+                        reuse: bool = False) -> tuple[Emission, StatisticsRecorder, Collector]:
     """The pipeline's steps on the prepared model, statistics gathered on ``source`` (or Ray workers)."""
     config = prepared.config
     try:
@@ -212,7 +223,7 @@ def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
         ctx.warnings.append(prepared.opset_note)
 
     steps = build_steps(config)
-    recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
+    recorder = StatisticsRecorder(reuse=reuse or config.accuracy_budget is not None)
     memory_budget_bytes = config.calibration.memory_budget_mb << 20
     with progress_bar(len(steps), "compile", progress, "step") as bar, \
             distributed.connect(config.calibration.workers) as cluster:
@@ -311,7 +322,8 @@ def _warn(ctx: PassContext, message: str) -> None:
 
 
 def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparation, final: Emission,
-            verification: Verification, analysis: Outcome | None, seconds: float) -> CompileReport:
+            verification: Verification, analysis: Outcome | None, seconds: float,
+            classifier: Mapping[str, Any] | None = None) -> CompileReport:
     ctx, config, fusion = final.ctx, final.config, verification.fusion
     output_bytes = model_size_bytes(final.model)
     return CompileReport({
@@ -339,6 +351,7 @@ def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparatio
         "warnings": list(ctx.warnings),
         "layers": analysis.layers if analysis else None,
         "fallback": analysis.fallback if analysis else None,
+        "classifier": classifier,
     })
 
 

@@ -1,7 +1,8 @@
 """The one place where pass order is decided.
 
     prepare   : name nodes → repeat until stable [infer shapes → fold constants (Constant nodes, shape
-                subgraphs) → fold BatchNorm → fold Pad into Conv → MatMul+bias on matrices as Gemm] → If/Loop bodies get local copies of
+                subgraphs) → fold BatchNorm → fold Pad into Conv → MatMul+bias on matrices as Gemm] → cross-layer
+                equalisation (when configured) → If/Loop bodies get local copies of
                 outer-scope activations → infer shapes                                     (no data)
     transform : SmoothQuant (per-channel scales moved from activations into weights)     (channel stats)
                 → outlier-channel splitting (off by default)                              (channel stats)
@@ -35,6 +36,7 @@ from qcompile.passes.quantize.quantize_weight_only import WeightOnlyQuantizePass
 from qcompile.passes.quantize.weight_only_embedding import WeightOnlyEmbeddingPass
 from qcompile.passes.quantize.quantize_gather import QuantizeGatherPass
 from qcompile.passes.quantize.quantize_recurrent import QuantizeRecurrentPass
+from qcompile.passes.transform.cross_layer_equalization import CrossLayerEqualizationPass
 from qcompile.passes.transform.smooth_quant import SmoothQuantPass
 from qcompile.passes.transform.split_outlier_channels import SplitOutlierChannelsPass
 
@@ -51,8 +53,8 @@ def build_steps(config: CompileConfig) -> list[Step]:
     folds = (InferShapesPass(), FoldConstantsPass(), FoldBatchNormPass(), FusePadIntoConvPass()) + (
         () if weight_only else (MatMulAddToGemmPass(),))
     steps = [
-        Step("prepare", (NameNodesPass(), RepeatUntilStable(folds), LocalizeOuterScopeInputsPass(),
-                         InferShapesPass())),
+        Step("prepare", (NameNodesPass(), RepeatUntilStable(folds), CrossLayerEqualizationPass(),
+                         LocalizeOuterScopeInputsPass(), InferShapesPass())),
         Step("transform", (SmoothQuantPass(),)),
         Step("transform", (SplitOutlierChannelsPass(),)),   # its own step: statistics after smoothing
         Step("quantize", (QuantizeAllGraphsPass(), QuantizeRecurrentPass(), QuantizeGatherPass())),

@@ -9,6 +9,7 @@ target.py holds the target profile type the passes read. Invalid values and impo
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig, LayerAnalysis
 from qcompile.config.calibration import (LOCAL_RAY, CalibrationConfig, CalibrationProvider, ImageLayout,
                                          ImageOptions, WorkersConfig)
+from qcompile.config.classifier import ClassifierConfig
 from qcompile.config.compile import (DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, RECURRENT_OP_TYPES,
                                      STATIC_COMPUTE_OP_TYPES, CompileConfig, config_from_mapping, from_toml)
 from qcompile.config.mapping import parse_alpha, weight_only_from_mapping
@@ -21,7 +22,7 @@ from qcompile.config.weight_only import (NumberFormat, Preset, ScaleDType, Weigh
 __all__ = [
     "AUTO_ALPHA_GRID", "DEFAULT_OP_TYPES", "LOCAL_RAY", "QUANTIZABLE_OP_TYPES", "RECURRENT_OP_TYPES",
     "STATIC_COMPUTE_OP_TYPES",
-    "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "CalibrationMethod", "CalibrationProvider",
+    "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "ClassifierConfig", "CalibrationMethod", "CalibrationProvider",
     "CompileConfig", "CpuFeatures", "EmbeddingQuantConfig", "Granularity", "ImageLayout", "ImageOptions",
     "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "ScaleDType",
     "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm", "WeightOnlyConfig",

@@ -15,6 +15,7 @@ from typing import Any
 
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig
 from qcompile.config.calibration import CalibrationConfig
+from qcompile.config.classifier import ClassifierConfig
 from qcompile.config.field_types import check_field_types
 from qcompile.config.mapping import NOT_IN_RECIPES, dataclass_from_mapping
 from qcompile.config.quant import (EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern,
@@ -59,6 +60,10 @@ class CompileConfig:
     # a quick bounded FP32-vs-quantised timing after the compile, with a warning when INT8 is not faster
     # (qcompile/accuracy/latency_check.py)
     latency_check: bool = True
+    # the final classifier: float, or quantised when measurement says it costs little (config/classifier.py)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Conv -> [Relu] -> Conv weight-range equalisation (passes/transform/cross_layer_equalization.py)
+    cross_layer_equalization: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self)
