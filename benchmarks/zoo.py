@@ -1,0 +1,187 @@
+"""The real-model zoo table: qcompile defaults vs FP32 vs onnxruntime.quantization, task metrics.
+
+    python benchmarks/zoo.py [--cases a,b] [--cache DIR] [--runs 20] [--threads 1] [--ablate] [--out zoo.md]
+
+Per case (models/zoo/cases.py; built from its wheel on first use): the task metric of each method against FP32
+(decoded with the model's own postprocessing), size vs the FP32 file, latency (mean of ``--runs`` batch-1 runs
+of the first eval sample after 3 warm-ups, ``--threads`` intra-op threads), compile time.  Methods:
+  qcompile     compile_model(model, calib/, CompileConfig())
+  ort_static   quantize_static(QDQ, MinMax, per_channel=True), the same calib/ files, no pre-processing
+  ort_dynamic  quantize_dynamic(weight_type=QInt8)
+``--ablate`` also compiles qcompile once per kind of quantised layer with that kind kept in float (depthwise,
+1x1 and kxk Conv, ConvTranspose, MatMul, Gemm, the first layer, and classifier/head layers whose output is
+a graph output): the kinds whose exclusion recovers the metric are the ones that were hard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_dynamic, quantize_static)
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from models.zoo.build import build_case, read_eval, session  # noqa: E402
+from models.zoo.cases import CASES, CASES_BY_NAME, MAX_SIZE_RATIO, ZooCase  # noqa: E402
+from models.zoo.evaluate import (CaseScore, reference_outputs, score_model, score_qcompile,  # noqa: E402
+                                 without_nodes)
+from qcompile import CompileConfig  # noqa: E402
+
+LOG = logging.getLogger("zoo")
+WARMUP = 3
+
+
+class _NpzReader(CalibrationDataReader):
+    def __init__(self, calib: Path):
+        self._files = iter(sorted(calib.glob("*.npz")))
+
+    def get_next(self):
+        path = next(self._files, None)
+        return None if path is None else dict(np.load(path))
+
+
+def ort_static(folder: Path, out: Path) -> Path:
+    quantize_static(str(folder / "model.onnx"), str(out), _NpzReader(folder / "calib"), quant_format=QuantFormat.QDQ,
+                    calibrate_method=CalibrationMethod.MinMax, per_channel=True)
+    return out
+
+
+def ort_dynamic(folder: Path, out: Path) -> Path:
+    quantize_dynamic(str(folder / "model.onnx"), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def latency_ms(model, feed: dict, threads: int, runs: int) -> float:
+    runner = session(model, threads)
+    for _ in range(WARMUP):
+        runner.run(None, feed)
+    started = time.perf_counter()
+    for _ in range(runs):
+        runner.run(None, feed)
+    return (time.perf_counter() - started) / runs * 1000
+
+
+def layer_kinds(model: onnx.ModelProto, quantised: list[str]) -> dict[str, list[str]]:
+    """Quantised node names grouped by kind of layer (a node can be in several: 'first layer' and 'Conv kxk')."""
+    weights = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    wanted = set(quantised)
+    kinds: dict[str, list[str]] = {}
+    first = True
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        kind = node.op_type
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights:
+            shape = list(weights[node.input[1]].dims)
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            kind = "Conv depthwise" if group > 1 and shape[1] == 1 else (
+                "Conv 1x1" if shape[2:] == [1, 1] else "Conv kxk")
+        kinds.setdefault(kind, []).append(node.name)
+        if first:
+            kinds.setdefault("first layer", []).append(node.name)
+            first = False
+        if outputs & set(node.output):
+            kinds.setdefault("head (output layer)", []).append(node.name)
+    return kinds
+
+
+def ablate(case: ZooCase, folder: Path, reference, result, baseline: float) -> list[str]:
+    """'kind: metric with that kind in float (n nodes)' for every kind, largest recovery first."""
+    model = onnx.load(str(folder / "model.onnx"))
+    quantised = [n["name"] for n in result.report.data["nodes"] if n["status"] == "quantized"]
+    rows = []
+    for kind, names in layer_kinds(model, quantised).items():
+        scored, _ = score_qcompile(case, folder, reference, without_nodes(CompileConfig(), names))
+        rows.append((scored.metric - baseline, f"{kind} float ({len(names)}): {scored.metric:.4f}"))
+        LOG.info("%s ablation: %s", case.name, rows[-1][1])
+    return [text for _, text in sorted(rows, reverse=True)]
+
+
+def run_case(case: ZooCase, cache: Path | None, work: Path, args: argparse.Namespace) -> dict:
+    folder = build_case(case, cache)
+    reference = reference_outputs(case, folder)
+    feed = read_eval(folder, case)[0]
+    fp32_ms = latency_ms(folder / "model.onnx", feed, args.threads, args.runs)
+    rows: dict[str, tuple[CaseScore | None, float | None, str]] = {}
+    qc, result = score_qcompile(case, folder, reference)
+    rows["qcompile"] = (qc, latency_ms(result.model, feed, args.threads, args.runs), "")
+    for method, quantise in (("ort_static", ort_static), ("ort_dynamic", ort_dynamic)):
+        started = time.perf_counter()
+        try:
+            path = quantise(folder, work / f"{case.name}_{method}.onnx")
+        except Exception as exc:   # a peer that cannot quantise this model is a row, not a crash
+            rows[method] = (None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+            continue
+        scored = score_model(case, folder, path, reference, time.perf_counter() - started)
+        rows[method] = (scored, latency_ms(path, feed, args.threads, args.runs), "")
+    hard = ablate(case, folder, reference, result, qc.metric) if args.ablate and not qc.meets_floors else []
+    unfused = result.report.data["summary"].get("unfused_nodes", 0)
+    return {"case": case, "fp32_ms": fp32_ms, "rows": rows, "hard": hard, "unfused": unfused}
+
+
+def _cell(score: CaseScore | None, ms: float | None, fp32_ms: float, error: str) -> list[str]:
+    if score is None:
+        return [f"failed: {error}", "", "", ""]
+    extras = ", ".join(f"{k} {v:.3f}" for k, v in list(score.metrics.items())[1:])
+    metric = f"{score.metric:.4f}" + (f" ({extras})" if extras else "")
+    return [metric, f"{score.size_ratio:.3f}", f"{fp32_ms / ms:.2f}x", f"{score.compile_s:.1f}"]
+
+
+def table(results: list[dict], threads: int) -> str:
+    lines = ["| model | task metric | method | metric vs FP32 | size | speed-up vs FP32 "
+             f"({threads} thr) | compile s | floors |", "|---|---|---|---|---|---|---|---|"]
+    for item in results:
+        case = item["case"]
+        for method, (score, ms, error) in item["rows"].items():
+            meets = "" if score is None else ("meets" if score.meets_floors else "misses")
+            lines.append(f"| {case.name} | {case.metric_name} >= {case.floor} | {method} | "
+                         + " | ".join(_cell(score, ms, item["fp32_ms"], error)) + f" | {meets} |")
+    lines += ["", f"Floors: metric >= floor and size <= {MAX_SIZE_RATIO}.", "", "| model | FP32 ms | hard layers "
+              "(qcompile metric with that kind in float) |", "|---|---|---|"]
+    for item in results:
+        hard = "; ".join(item["hard"][:4]) or "-"
+        lines.append(f"| {item['case'].name} | {item['fp32_ms']:.1f} | {hard} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(c.name for c in CASES))
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ablate", action="store_true", help="per layer kind, for cases missing a floor")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("qcompile", "onnxruntime", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    names = [n.strip() for n in args.cases.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CASES_BY_NAME))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {sorted(CASES_BY_NAME)}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="qcompile-zoo-") as work:
+        for name in names:
+            LOG.info("== %s", name)
+            results.append(run_case(CASES_BY_NAME[name], args.cache, Path(work), args))
+    text = table(results, args.threads)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
