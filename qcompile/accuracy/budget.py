@@ -3,7 +3,8 @@
 A budget B (qcompile/config: AccuracyBudget, whose own ranges are checked when it is built) holds for a
 model's Fidelity F (qcompile/accuracy/fidelity.py, worst float output) when every bound it sets does:
 
-    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement,
+    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement (on the outputs
+    whose role has an argmax: logits, or per step for sequences; qcompile/accuracy/output_roles.py),
     metric(fp32 outputs, outputs) ≥ min_metric
 
 A bound whose value could not be measured (None) is missed. It is checked on held-out eval data or, without
@@ -57,8 +58,9 @@ def check_budget_applies(budget: AccuracyBudget, fidelity: Fidelity) -> None:
     if not fidelity.outputs:
         raise ConfigError("the accuracy budget needs a float output to compare with FP32; the model has none")
     if budget.min_top1_agreement is not None and fidelity.top1_agreement is None:
-        raise ConfigError("min_top1_agreement needs a rank-2 logits output [batch, classes]; outputs are "
-                          f"{sorted(fidelity.outputs)}")
+        roles = {name: entry.get("role", "tensor") for name, entry in sorted(fidelity.outputs.items())}
+        raise ConfigError("min_top1_agreement needs a class-score output (rank-2 logits [batch, classes] or a "
+                          f"sequence [batch, steps, classes]); outputs are {roles}")
 
 
 def budget_json(budget: AccuracyBudget) -> dict[str, Any]:

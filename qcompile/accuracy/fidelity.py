@@ -5,7 +5,8 @@ With y the FP32 output and ŷ the other model's (definitions in qcompile/numeric
     cosine_i        = ⟨y_i, ŷ_i⟩ / (‖y_i‖·‖ŷ_i‖)            (mean and min over the samples)
     SQNR            = 10·log10(Σ y² / Σ (y − ŷ)²)            (pooled over the items)
     relative error  = sqrt(Σ ‖y − ŷ‖² / Σ ‖y‖²)              (pooled; = 10^(−SQNR/20))
-    top-1 agreement = mean_i [argmax y_i = argmax ŷ_i]       (rank-2 outputs with more than one column: logits)
+    top-1 agreement = mean_i [argmax y_i = argmax ŷ_i]       (outputs whose role has an argmax: logits [B, C],
+                                                              per step for sequences [B, T, C]; output_roles.py)
 
 Only float outputs are compared. A model-level bound holds when it holds for every float output: the worst
 output decides (Fidelity.cosine / error / top1_agreement).
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from qcompile.accuracy.output_roles import OutputRole, argmax_agreement, output_role
 from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
 from qcompile.io.validate import with_unique_node_names
 from qcompile.numerics.metrics import cosine_rows, power_sums, relative_error_from_power, sqnr_db_from_power
@@ -43,6 +45,7 @@ class FidelityAccumulator:
     noise: dict[str, float] = field(default_factory=dict)
     max_abs: dict[str, float] = field(default_factory=dict)
     top1: dict[str, list[bool]] = field(default_factory=dict)
+    roles: dict[str, OutputRole] = field(default_factory=dict)   # decided on an output's first item
 
     def add(self, name: str, reference: np.ndarray, approx: np.ndarray) -> None:
         if reference.dtype.kind != "f" or reference.size == 0:
@@ -60,8 +63,10 @@ class FidelityAccumulator:
         self.noise[name] = self.noise.get(name, 0.0) + noise
         diff = ref.astype(np.float64) - app.astype(np.float64)
         self.max_abs[name] = max(self.max_abs.get(name, 0.0), float(np.max(np.abs(diff))))
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            self.top1.setdefault(name, []).extend((ref.argmax(1) == app.argmax(1)).tolist())
+        if name not in self.roles:
+            self.roles[name] = output_role(name, ref)
+        if self.roles[name].has_argmax:
+            self.top1.setdefault(name, []).extend(argmax_agreement(ref, app))
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -72,6 +77,7 @@ class FidelityAccumulator:
                 "cosine_min": float(np.min(cos)),
                 "sqnr_db": sqnr_db_from_power(self.signal[name], self.noise[name]),
                 "max_abs_error": self.max_abs[name],
+                "role": self.roles[name].value,
             }
             if name in self.top1:
                 entry["top1_agreement"] = float(np.mean(self.top1[name]))

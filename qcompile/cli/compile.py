@@ -47,14 +47,20 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
         return
     summary = result.report.data["summary"]
     fidelity = result.report.fidelity.get("outputs", {})
-    fid_text = ", ".join(
-        f"{name}: cos {v['cosine_mean']:.4f}" + (f" top1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "")
-        for name, v in fidelity.items())
+    fid_text = ", ".join(f"{name}: cos {v['cosine_mean']:.4f}" + _argmax_text(v) for name, v in fidelity.items())
     click.echo(f"wrote {out_path} ({summary['quantized_nodes']} nodes quantised, "
                f"size {summary['size_ratio']:.2f}x; {fid_text or 'fidelity not measured'})")
     click.echo(f"report {out_report}")
     if result.report.data.get("fallback"):
         click.echo(fallback_summary(result.report.data["fallback"]))
+
+
+def _argmax_text(entry: dict) -> str:
+    """Top-1 for logits, per-step top-1 for sequences; nothing for embeddings and other tensors (output_roles)."""
+    if "top1_agreement" not in entry:
+        return ""
+    label = "per-step top1" if entry.get("role") == "sequence" else "top1"
+    return f" {label} {entry['top1_agreement']:.3f}"
 
 
 def fallback_summary(fallback: dict) -> str:

@@ -115,7 +115,8 @@ accuracy_options = _stack(
     click.option("--min-cosine", type=float, help="Accuracy budget: mean cosine vs FP32 of every output (e.g. "
                                                   "0.99); the most sensitive nodes fall back to float until it holds."),
     click.option("--max-error", type=float, help="Accuracy budget: relative L2 error vs FP32 of every output."),
-    click.option("--min-top1-agreement", type=float, help="Accuracy budget: top-1 agreement with FP32 on logits."),
+    click.option("--min-top1-agreement", type=float, help="Accuracy budget: top-1 agreement with FP32 on class scores "
+                 "(logits [B, C], or per step for sequences [B, T, C])."),
     click.option("--eval-data", help="Held-out data for the budget: a folder (like --calib) or an .npz of arrays "
                                      "keyed by input name (default: the first calibration items, not held out)."),
     click.option("--eval-samples", type=int, show_default=str(_DEFAULT_EVAL_SAMPLES),
