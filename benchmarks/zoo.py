@@ -4,13 +4,15 @@
 
 Per case (models/zoo/cases.py; built from its wheel on first use): the task metric of each method against FP32
 (decoded with the model's own postprocessing), size vs the FP32 file, latency (mean of ``--runs`` batch-1 runs
-of the first eval sample after 3 warm-ups, ``--threads`` intra-op threads), compile time.  Methods:
+of the first eval sample after 3 warm-ups, median of 3 rounds in which the models take turns, ``--threads``
+intra-op threads), compile time.  Methods:
   qcompile     compile_model(model, calib/, CompileConfig())
   ort_static   quantize_static(QDQ, MinMax, per_channel=True), the same calib/ files, no pre-processing
   ort_dynamic  quantize_dynamic(weight_type=QInt8)
-``--ablate`` also compiles qcompile once per kind of quantised layer with that kind kept in float (depthwise,
-1x1 and kxk Conv, ConvTranspose, MatMul, Gemm, the first layer, and classifier/head layers whose output is
-a graph output): the kinds whose exclusion recovers the metric are the ones that were hard.
+``--ablate`` also compiles qcompile, for cases below the metric floor, once per kind of quantised layer with
+that kind kept in float (depthwise, 1x1 and kxk Conv, ConvTranspose, MatMul, Gemm, the first layer, and head
+layers whose output is a graph output), scored on the first ``--ablate-samples`` eval items: the kinds whose
+exclusion recovers the metric are the ones that were hard.
 """
 
 from __future__ import annotations
@@ -61,14 +63,21 @@ def ort_dynamic(folder: Path, out: Path) -> Path:
     return out
 
 
-def latency_ms(model, feed: dict, threads: int, runs: int) -> float:
-    runner = session(model, threads)
-    for _ in range(WARMUP):
-        runner.run(None, feed)
-    started = time.perf_counter()
-    for _ in range(runs):
-        runner.run(None, feed)
-    return (time.perf_counter() - started) / runs * 1000
+def latencies_ms(models: dict[str, object], feed: dict, threads: int, runs: int, rounds: int = 3) -> dict[str, float]:
+    """Per model, the median over ``rounds`` of the mean of ``runs`` runs; the models take turns each round, so
+    a load change on a shared machine hits them alike."""
+    runners = {name: session(model, threads) for name, model in models.items()}
+    for runner in runners.values():
+        for _ in range(WARMUP):
+            runner.run(None, feed)
+    means: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            for _ in range(runs):
+                runner.run(None, feed)
+            means[name].append((time.perf_counter() - started) / runs * 1000)
+    return {name: float(np.median(values)) for name, values in means.items()}
 
 
 def layer_kinds(model: onnx.ModelProto, quantised: list[str]) -> dict[str, list[str]]:
@@ -96,11 +105,14 @@ def layer_kinds(model: onnx.ModelProto, quantised: list[str]) -> dict[str, list[
     return kinds
 
 
-def ablate(case: ZooCase, folder: Path, reference, result, baseline: float) -> list[str]:
-    """'kind: metric with that kind in float (n nodes)' for every kind, largest recovery first."""
+def ablate(case: ZooCase, folder: Path, reference, result, samples: int) -> list[str]:
+    """'kind: metric with that kind in float (n nodes)' for every kind, largest recovery first, on the first
+    ``samples`` eval items (the first entry is the all-default baseline on the same items)."""
     model = onnx.load(str(folder / "model.onnx"))
     quantised = [n["name"] for n in result.report.data["nodes"] if n["status"] == "quantized"]
-    rows = []
+    reference = reference[:samples]
+    baseline = score_model(case, folder, result.model, reference).metric
+    rows = [(float("inf"), f"defaults on {len(reference)} items: {baseline:.4f}")]
     for kind, names in layer_kinds(model, quantised).items():
         scored, _ = score_qcompile(case, folder, reference, without_nodes(CompileConfig(), names))
         rows.append((scored.metric - baseline, f"{kind} float ({len(names)}): {scored.metric:.4f}"))
@@ -111,23 +123,26 @@ def ablate(case: ZooCase, folder: Path, reference, result, baseline: float) -> l
 def run_case(case: ZooCase, cache: Path | None, work: Path, args: argparse.Namespace) -> dict:
     folder = build_case(case, cache)
     reference = reference_outputs(case, folder)
-    feed = read_eval(folder, case)[0]
-    fp32_ms = latency_ms(folder / "model.onnx", feed, args.threads, args.runs)
-    rows: dict[str, tuple[CaseScore | None, float | None, str]] = {}
-    qc, result = score_qcompile(case, folder, reference)
-    rows["qcompile"] = (qc, latency_ms(result.model, feed, args.threads, args.runs), "")
+    scores: dict[str, CaseScore] = {}
+    errors: dict[str, str] = {}
+    models: dict[str, object] = {"fp32": folder / "model.onnx"}
+    scores["qcompile"], result = score_qcompile(case, folder, reference)
+    models["qcompile"] = result.model
     for method, quantise in (("ort_static", ort_static), ("ort_dynamic", ort_dynamic)):
         started = time.perf_counter()
         try:
-            path = quantise(folder, work / f"{case.name}_{method}.onnx")
+            models[method] = quantise(folder, work / f"{case.name}_{method}.onnx")
         except Exception as exc:   # a peer that cannot quantise this model is a row, not a crash
-            rows[method] = (None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+            errors[method] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             continue
-        scored = score_model(case, folder, path, reference, time.perf_counter() - started)
-        rows[method] = (scored, latency_ms(path, feed, args.threads, args.runs), "")
-    hard = ablate(case, folder, reference, result, qc.metric) if args.ablate and not qc.meets_floors else []
-    unfused = result.report.data["summary"].get("unfused_nodes", 0)
-    return {"case": case, "fp32_ms": fp32_ms, "rows": rows, "hard": hard, "unfused": unfused}
+        scores[method] = score_model(case, folder, models[method], reference, time.perf_counter() - started)
+    latency = latencies_ms(models, read_eval(folder, case)[0], args.threads, args.runs)
+    rows = {method: (scores.get(method), latency.get(method), errors.get(method, ""))
+            for method in ("qcompile", "ort_static", "ort_dynamic")}
+    qc = scores["qcompile"]
+    hard = ablate(case, folder, reference, result, args.ablate_samples) \
+        if args.ablate and qc.metric < case.floor else []
+    return {"case": case, "fp32_ms": latency["fp32"], "rows": rows, "hard": hard}
 
 
 def _cell(score: CaseScore | None, ms: float | None, fp32_ms: float, error: str) -> list[str]:
@@ -150,7 +165,7 @@ def table(results: list[dict], threads: int) -> str:
     lines += ["", f"Floors: metric >= floor and size <= {MAX_SIZE_RATIO}.", "", "| model | FP32 ms | hard layers "
               "(qcompile metric with that kind in float) |", "|---|---|---|"]
     for item in results:
-        hard = "; ".join(item["hard"][:4]) or "-"
+        hard = "; ".join(item["hard"][:5]) or "-"
         lines.append(f"| {item['case'].name} | {item['fp32_ms']:.1f} | {hard} |")
     return "\n".join(lines)
 
@@ -162,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ablate", action="store_true", help="per layer kind, for cases missing a floor")
+    parser.add_argument("--ablate-samples", type=int, default=16, help="eval items per ablation compile")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("qcompile", "onnxruntime", "root"):
+    for noisy in ("qcompile", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CASES_BY_NAME))
@@ -176,10 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             LOG.info("== %s", name)
             results.append(run_case(CASES_BY_NAME[name], args.cache, Path(work), args))
-    text = table(results, args.threads)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+            if args.out:   # after every case, so a long run's finished rows survive an interruption
+                args.out.write_text(table(results, args.threads) + "\n")
+    print(table(results, args.threads))
     return 0
 
 
