@@ -53,7 +53,8 @@ def compile_case(folder: Path, config: CompileConfig | None = None):
 
 def score_model(case: ZooCase, folder: Path, model, reference: list[Outputs], compile_s: float = 0.0,
                 threads: int = 0) -> CaseScore:
-    quantised = run_outputs(model, read_eval(folder, case), threads)
+    """Scored on the first len(reference) eval items."""
+    quantised = run_outputs(model, read_eval(folder, case)[:len(reference)], threads)
     ratio = model_bytes(model) / model_bytes(folder / "model.onnx")
     return CaseScore(score(case, reference, quantised), ratio, compile_s, case.floor)
 
