@@ -82,7 +82,9 @@ def latencies_ms(models: dict[str, object], feed: dict, threads: int, runs: int,
 
 def layer_kinds(model: onnx.ModelProto, quantised: list[str]) -> dict[str, list[str]]:
     """Quantised node names grouped by kind of layer (a node can be in several: 'first layer' and 'Conv kxk')."""
-    weights = {t.name: t for t in model.graph.initializer}
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes.update({n.output[0]: list(a.t.dims) for n in model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})          # Paddle exports keep weights in Constants
     outputs = {o.name for o in model.graph.output}
     wanted = set(quantised)
     kinds: dict[str, list[str]] = {}
@@ -91,8 +93,8 @@ def layer_kinds(model: onnx.ModelProto, quantised: list[str]) -> dict[str, list[
         if node.name not in wanted:
             continue
         kind = node.op_type
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights:
-            shape = list(weights[node.input[1]].dims)
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in shapes:
+            shape = shapes[node.input[1]]
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             kind = "Conv depthwise" if group > 1 and shape[1] == 1 else (
                 "Conv 1x1" if shape[2:] == [1, 1] else "Conv kxk")
