@@ -133,11 +133,13 @@ def run_case(case: ZooCase, cache: Path | None, work: Path, args: argparse.Names
     for method, quantise in (("ort_static", ort_static), ("ort_dynamic", ort_dynamic)):
         started = time.perf_counter()
         try:
-            models[method] = quantise(folder, work / f"{case.name}_{method}.onnx")
-        except Exception as exc:   # a peer that cannot quantise this model is a row, not a crash
-            errors[method] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            path = quantise(folder, work / f"{case.name}_{method}.onnx")
+            seconds = time.perf_counter() - started
+            scores[method] = score_model(case, folder, path, reference, seconds)
+        except Exception as exc:   # a peer that cannot quantise this model, or writes one ORT refuses: a row
+            errors[method] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
             continue
-        scores[method] = score_model(case, folder, models[method], reference, time.perf_counter() - started)
+        models[method] = path
     latency = latencies_ms(models, read_eval(folder, case)[0], args.threads, args.runs)
     rows = {method: (scores.get(method), latency.get(method), errors.get(method, ""))
             for method in ("qcompile", "ort_static", "ort_dynamic")}
