@@ -122,7 +122,8 @@ accuracy_options = _stack(
     click.option("--min-cosine", type=float, help="Accuracy budget: mean cosine vs FP32 of every output (e.g. "
                                                   "0.99); the most sensitive nodes fall back to float until it holds."),
     click.option("--max-error", type=float, help="Accuracy budget: relative L2 error vs FP32 of every output."),
-    click.option("--min-top1-agreement", type=float, help="Accuracy budget: top-1 agreement with FP32 on logits."),
+    click.option("--min-top1-agreement", type=float, help="Accuracy budget: task agreement with FP32 "
+                 "(top-1 of class scores [B, C]; collapsed argmax sequences of [B, T, C] scores)."),
     click.option("--eval-data", help="Held-out data for fidelity and the budget: a folder (like --calib) or an .npz "
                                      "of arrays keyed by input name (default: a quarter of the --calib files, up "
                                      "to the items needed, held out of calibration; folders of 4+ files)."),
