@@ -44,7 +44,8 @@ def _classifier_status(result):
 def test_measured_compile_follows_the_rule(tiny_cnn_case):
     model, calib = tiny_cnn_case
     section, nodes = _classifier_status(compile_model(model, calib, MEASURED))
-    assert section["nodes"] and section["samples"] == 16
+    # a quarter of the 16 calibration files is held out for fidelity; the measurement runs on the other 12
+    assert section["nodes"] and section["samples"] == 12
     expected = "int8" if within_tolerance(section["outputs"], SETTINGS) else "float"
     assert section["decision"] == expected
     assert all(n["status"] == ("quantized" if expected == "int8" else "skipped") for n in nodes)
