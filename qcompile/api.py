@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,6 +41,8 @@ from qcompile.preparation import Preparation, prepare_compile
 from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
 from qcompile.runtime_ext.fusion import FusionReport, check_fusion
 from qcompile.runtime_ext.matmul_nbits import choose_form
+from qcompile.stream_compile import (compile_opened, copy_external_model, new_work_dir, open_for_streaming,
+                                     streaming_config_reason)
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, has_cuda, make_session
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,8 @@ CalibSource = str | Path | Iterable[Mapping[str, np.ndarray]]
 class CompileResult:
     model: onnx.ModelProto
     report: CompileReport
+    # the streaming weight-only path keeps the weights of a large model in this file (the model's external data)
+    external_data: Path | None = None
 
     def save(self, path: str | Path, report_path: str | Path | None = None, *,
              protected: Iterable[Path] = ()) -> tuple[Path, Path]:
@@ -60,7 +66,8 @@ class CompileResult:
         protected = tuple(Path(p) for p in protected) + tuple(_input_paths(self.report))
         staging = StagedFiles()   # both files (and a data file) are renamed into place together, or none
         try:
-            written = save_model(self.model, path, protected=protected, staging=staging)
+            written = copy_external_model(self.model, self.external_data, staging, path.absolute(), protected) \
+                if self.external_data is not None else save_model(self.model, path, protected=protected, staging=staging)
             write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written),
                               staging=staging)
             staging.commit()
@@ -109,11 +116,39 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
+    streamed = _compile_streaming(model, calib, config, started)
+    if streamed is not None:
+        return streamed
     loaded = load_model(model)
     check_input_model(loaded, config.custom_op_library)
     with contextlib.ExitStack() as stack:
         source = _open_calibration(calib, loaded.model, config, stack)
         return _compile(loaded, source, config, progress, started, eval_data, metric)
+
+
+def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileConfig,
+                       started: float) -> CompileResult | None:
+    """The weight-only presets' streaming path (qcompile/stream_compile.py); None where the graph pipeline is
+    needed (the reason is logged)."""
+    reason = streaming_config_reason(config)
+    if reason:
+        if config.preset.weight_only_bits is not None:
+            logger.info("weight-only compile on the graph pipeline: %s", reason)
+        return None
+    opened = open_for_streaming(model)
+    if opened is None:
+        return None
+    work_dir = new_work_dir()
+    with contextlib.ExitStack() as stack:
+        source = _open_calibration(calib, opened.skeleton, config, stack)
+        try:
+            streamed = compile_opened(opened, source, config, started, work_dir)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+    result = CompileResult(streamed.model, streamed.report, streamed.external_data)
+    weakref.finalize(result, shutil.rmtree, work_dir, True)   # the data file lives as long as the result
+    return result
 
 
 def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:

@@ -47,9 +47,9 @@ def choose_form(target: Target, config: WeightOnlyConfig) -> FormChoice:
     if config.accuracy_level is not None:
         return FormChoice(WeightOnlyForm.MATMUL_NBITS, config.accuracy_level,
                           "an accuracy_level was asked for: only MatMulNBits carries one")
-    return FormChoice(WeightOnlyForm.DEQUANTIZE_LINEAR, None,
-                      "ORT's CPU EP fuses blocked DQ->MatMul into MatMulNBits (accuracy_level 4), "
-                      "as fast as the contrib op; the standard form stays portable")
+    return FormChoice(WeightOnlyForm.MATMUL_NBITS, DEFAULT_CPU_ACCURACY_LEVEL,
+                      "MatMulNBits is the kernel ORT runs for INT4 weights; emitted directly it needs no opset-21 "
+                      "upgrade and no fusion at load (--form dequantize_linear for the portable ONNX form)")
 
 
 # Where ORT 1.32 leaves a blocked DQ -> MatMul unfused (measured): a Relu after the MatMul (DequantizeLinear +
