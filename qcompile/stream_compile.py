@@ -134,8 +134,7 @@ def compile_opened(opened: OpenedModel, source, config: CompileConfig, started: 
     quantized = [n for n, d in result.decisions.items() if d.status is NodeStatus.QUANTIZED]
     fusion = None
     form = choose_form(config.target, config.weight_only)
-    if quantized and form.form is WeightOnlyForm.DEQUANTIZE_LINEAR and profile.cpu_fusion_check \
-            and data_path is None and config.custom_op_library is None:
+    if quantized and profile.cpu_fusion_check and data_path is None and config.custom_op_library is None:
         fusion = check_fusion(model, quantized)
     fidelity = _fidelity(opened, verify_at, source, config, result)
     output_bytes = model_size_bytes(model) + (data_path.stat().st_size if data_path else 0)

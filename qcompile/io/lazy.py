@@ -15,10 +15,11 @@ from pathlib import Path
 import onnx
 
 from qcompile.io.external import ExternalRef, resolve_external_refs
-from qcompile.io.limits import DEFAULT_MAX_BYTES
+from qcompile.io.limits import DEFAULT_MAX_BYTES, EXTERNAL_DATA_MIN_TENSOR_BYTES
 from qcompile.io.load import _check_inline_sizes, _check_structure, _parse, _read_model_file, load_model
 from qcompile.io.messages import load_error
 from qcompile.io.tensors import model_size_bytes
+from qcompile.io.wire import WireFormatError, detach_inline_weights
 
 __all__ = ["LazyModel", "open_model_lazily"]
 
@@ -48,11 +49,16 @@ def open_model_lazily(source: str | os.PathLike | bytes | onnx.ModelProto, *,
     if not name:
         raise load_error("''", "empty path")
     path = Path(os.path.abspath(name))
-    data, file_size = _read_model_file(path, name, max_bytes)
+    _, file_size = _read_model_file(path, name, max_bytes, read=False)
+    try:   # inline weights become references into the model file itself (qcompile.io.wire)
+        data, _ = detach_inline_weights(path, EXTERNAL_DATA_MIN_TENSOR_BYTES)
+    except (WireFormatError, OSError):
+        data, file_size = _read_model_file(path, name, max_bytes)
     model = _parse(data, name)
+    skeleton_size = len(data)
     del data
     _check_inline_sizes(model, name)
-    refs = resolve_external_refs(model, path.parent, name, max_bytes, file_size)
+    refs = resolve_external_refs(model, path.parent, name, max_bytes, skeleton_size)
     _check_structure(model, name)
     size = model_size_bytes(model) + sum(r.length for r in refs)
     if size > max_bytes:

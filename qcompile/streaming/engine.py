@@ -76,6 +76,13 @@ class _Quantizer:
                 self.readers[name] += 1
                 self.consumers[name].append(node.op_type)
         self.inline = {t.name: t for t in skeleton.graph.initializer if not is_detached(t)}
+        self.producers = {o: n for n in skeleton.graph.node for o in n.output}
+        self.consumer_names: dict[str, list[str]] = defaultdict(list)
+        for node in skeleton.graph.node:
+            for name in node_reads(node):
+                self.consumer_names[name].append(node.name)
+        self.outputs = {o.name for o in skeleton.graph.output}
+        self.folds: dict[tuple[str, int], str] = {}
 
     def _array(self, name: str) -> np.ndarray:
         if name in self.store:
@@ -100,7 +107,7 @@ class _Quantizer:
         quantized, input_scale, alpha = quantize_weights(weights, spec, self.wo, hessian)
         x = members[0].input
         if input_scale is not None:
-            x = self._scaled_input(members[0], input_scale)
+            x = self._scaled_input(members, input_scale)
         w_hat: dict[str, np.ndarray] = {}
         for target, w, q in zip(members, weights, quantized):
             effective = q.dequantize() if input_scale is None else q.dequantize() / input_scale[:, None]
@@ -117,10 +124,27 @@ class _Quantizer:
             self._done_with(target.weight)
         return w_hat
 
-    def _scaled_input(self, target: MatMulTarget, scale: np.ndarray) -> str:
-        """AWQ: the group reads x / s (a Mul before its first node)."""
+    def _scaled_input(self, members: list[MatMulTarget], scale: np.ndarray) -> str:
+        """AWQ: the group reads x / s: 1/s folded into the constant per-channel parameters of the op producing x
+        (LayerNormalization scale and bias, or a Mul's constant) when only the group reads x, else a Mul before
+        the group. The fold is applied when the output is assembled (later segments still run the FP32 graph
+        with Ŵ/s in place of W, which computes the same)."""
+        target, inverse_values = members[0], (1.0 / scale).astype(np.float32)
+        producer = self.producers.get(target.input)
+        names = {m.node for m in members}
+        only_group = set(self.consumer_names.get(target.input, [])) <= names and target.input not in self.outputs
+        params = _foldable_params(producer, self.inline, self.store, inverse_values.size) \
+            if only_group and producer is not None else []
+        if params:
+            for index in params:
+                old = producer.input[index]
+                folded = self.sink.add_array(f"{old}_awq_{producer.name}", (self._array(old) * inverse_values.reshape(
+                    self._array(old).shape)).astype(np.float32))
+                self.folds[(producer.name, index)] = folded
+            self.result.stats[f"awq_folded_{producer.op_type}"] += 1
+            return target.input
         name = f"{target.input}_awq_scaled_{target.node}"
-        inverse = self.sink.add_array(f"{name}_inv_s", (1.0 / scale).astype(np.float32))
+        inverse = self.sink.add_array(f"{name}_inv_s", inverse_values)
         self.replacements.setdefault(target.node, []).append(
             onnx.helper.make_node("Mul", [target.input, inverse], [name], name=f"{name}_Mul"))
         self.result.stats["awq_inserted_mul"] += 1
@@ -139,6 +163,32 @@ class _Quantizer:
                 "form": form, "role": target.role,
                 "accuracy_level": choice.accuracy_level if form == "MatMulNBits" else None,
                 "form_reason": choice.reason}
+
+
+def _foldable_params(producer: onnx.NodeProto, inline: Mapping[str, onnx.TensorProto], store: WeightStore,
+                     k: int) -> list[int]:
+    """Input indices of ``producer``'s constant per-channel parameters that x / s can be folded into (module
+    docstring of passes/quantize/quantize_weight_only.py): LayerNormalization over the last axis (scale, bias),
+    or a two-input Mul with one constant; each must hold exactly k values along the last axis."""
+    def size_of(name: str) -> tuple[int, ...] | None:
+        if name in store:
+            return store.meta[name].dims
+        return tuple(inline[name].dims) if name in inline else None
+
+    axis = next((a.i for a in producer.attribute if a.name == "axis"), -1)
+    if producer.op_type == "LayerNormalization" and axis == -1:
+        indices = [i for i in (1, 2) if i < len(producer.input) and producer.input[i]]
+    elif producer.op_type == "Mul" and len(producer.input) == 2:
+        indices = [i for i in (0, 1) if size_of(producer.input[i]) is not None]
+        if len(indices) != 1:
+            return []
+    else:
+        return []
+    for index in indices:
+        dims = size_of(producer.input[index])
+        if dims is None or not dims or dims[-1] != k or int(np.prod(dims)) != k:
+            return []
+    return indices
 
 
 def _groups(targets: Iterable[MatMulTarget]) -> list[list[MatMulTarget]]:
@@ -218,20 +268,20 @@ def _by_segments(skeleton: onnx.ModelProto, store: WeightStore, config: CompileC
 
 def _embeddings(skeleton: onnx.ModelProto, plan: Plan, quantizer: _Quantizer, result: StreamResult) -> None:
     opset = default_opset(skeleton)
-    tables: dict[str, tuple[str, str, int]] = {}
+    tables: dict[str, tuple[str, str, int, int]] = {}
+    form = "Gather(int8)+DequantizeLinear" if opset >= BLOCKED_DQ_MIN_OPSET else "Gather(int8)+Cast+Mul"
     for target in plan.embeddings:
         if target.table not in tables:
             codes, scale = quantize_rows_int8(np.asarray(quantizer._array(target.table), dtype=np.float32))
             tables[target.table] = (quantizer.sink.add_array(f"{target.table}_q", codes),
-                                    quantizer.sink.add_array(f"{target.table}_scale", scale), int(codes.shape[1]))
-            rows = int(codes.shape[0])
+                                    quantizer.sink.add_array(f"{target.table}_scale", scale), *codes.shape)
             del codes, scale
-        codes_name, scale_name, width = tables[target.table]
+        codes_name, scale_name, rows, width = tables[target.table]
         quantizer.replacements[target.node] = embedding_nodes(quantizer.sink, target.node, codes_name, scale_name,
                                                               target.ids, target.output, width, opset)
         result.decisions[target.node] = NodeDecision(
             target.node, "Gather", NodeStatus.QUANTIZED, "weight-only int8 embedding",
-            {"bits": 8, "granularity": "row", "rows": rows, "form": "Gather(int8)+DequantizeLinear"})
+            {"bits": 8, "granularity": "row", "rows": int(rows), "form": form})
         result.stats["embeddings_quantized"] += 1
         quantizer._done_with(target.table)
 
@@ -241,6 +291,9 @@ def _finish(skeleton: onnx.ModelProto, store: WeightStore, quantizer: _Quantizer
     graph = skeleton.graph
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
+        for (producer, index), folded in quantizer.folds.items():
+            if producer == node.name:
+                node.input[index] = folded
         nodes.extend(quantizer.replacements.get(node.name, [node]))
     del graph.node[:]
     graph.node.extend(nodes)
