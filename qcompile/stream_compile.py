@@ -15,6 +15,7 @@ pipeline).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -134,8 +135,12 @@ def compile_opened(opened: OpenedModel, source, config: CompileConfig, started: 
     quantized = [n for n, d in result.decisions.items() if d.status is NodeStatus.QUANTIZED]
     fusion = None
     form = choose_form(config.target, config.weight_only)
-    if quantized and profile.cpu_fusion_check and data_path is None and config.custom_op_library is None:
-        fusion = check_fusion(model, quantized)
+    standard_form = any(d.detail.get("form", "").startswith("DequantizeLinear") for d in result.decisions.values())
+    if quantized and standard_form and profile.cpu_fusion_check and data_path is None \
+            and config.custom_op_library is None:
+        fusion = check_fusion(model, quantized)     # ORT must rewrite DQ -> MatMul into MatMulNBits
+    elif quantized:
+        _emitted_kernels(result)
     fidelity = _fidelity(opened, verify_at, source, config, result)
     output_bytes = model_size_bytes(model) + (data_path.stat().st_size if data_path else 0)
     report = CompileReport({
@@ -172,6 +177,17 @@ def compile_opened(opened: OpenedModel, source, config: CompileConfig, started: 
         "fallback": None,
     })
     return StreamedCompile(model, data_path, report)
+
+
+def _emitted_kernels(result: StreamResult) -> None:
+    """Without the standard form there is nothing for ORT to fuse: every quantised node is emitted as the kernel
+    ORT runs (MatMulNBits / MatMulBnb4, or a Gather on the int8 table), which the report says as such."""
+    for name, decision in list(result.decisions.items()):
+        if decision.status is NodeStatus.QUANTIZED:
+            form = str(decision.detail.get("form", ""))
+            kernel = "Gather" if form.startswith("Gather") else form
+            result.decisions[name] = dataclasses.replace(decision, detail={**decision.detail, "ort_kernel": kernel,
+                                                                            "fused": True})
 
 
 def _checked(model: onnx.ModelProto, data_path: Path | None, work_dir: Path) -> onnx.ModelProto | Path:

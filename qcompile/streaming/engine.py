@@ -104,19 +104,19 @@ class _Quantizer:
         spec = BlockSpec(bits, self.wo.block_size, self.wo.symmetric,
                          nf4=bits == 4 and self.wo.number_format is NumberFormat.NF4)
         weights = [self.weight(t) for t in members]
-        quantized, input_scale, alpha = quantize_weights(weights, spec, self.wo, hessian)
+        quantized, input_scale, alpha = _quantize_in_column_chunks(weights, spec, self.wo, hessian)
         x = members[0].input
         if input_scale is not None:
             x = self._scaled_input(members, input_scale)
         w_hat: dict[str, np.ndarray] = {}
         for target, w, q in zip(members, weights, quantized):
-            effective = q.dequantize() if input_scale is None else q.dequantize() / input_scale[:, None]
-            w_hat[target.weight] = np.ascontiguousarray(effective.T if target.transposed else effective,
-                                                        dtype=np.float32)
             detail = self._emit(target, x, q, spec)
             if alpha is not None:
                 detail["awq_alpha"] = alpha
-            if hessian is not None:
+            if hessian is not None:       # Ŵ as the float graph sees it: later segments run on it
+                effective = q.dequantize() if input_scale is None else q.dequantize() / input_scale[:, None]
+                w_hat[target.weight] = np.ascontiguousarray(effective.T if target.transposed else effective,
+                                                            dtype=np.float32)
                 detail["relative_output_error"] = relative_output_error(w, effective, hessian.hessian)
             self.result.decisions[target.node] = NodeDecision(
                 target.node, target.op, NodeStatus.QUANTIZED,
@@ -163,6 +163,37 @@ class _Quantizer:
                 "form": form, "role": target.role,
                 "accuracy_level": choice.accuracy_level if form == "MatMulNBits" else None,
                 "form_reason": choice.reason}
+
+
+#: Column chunk of one weight quantised at a time (elements): RTN and GPTQ treat the N output columns
+#: independently, so a vocabulary-wide lm_head need not be widened to float64 all at once.
+CHUNK_ELEMENTS = 1 << 22
+GPTQ_MIN_CHUNK_COLUMNS = 4096
+
+
+def _quantize_in_column_chunks(weights: list[np.ndarray], spec: BlockSpec, config, hessian
+                               ) -> tuple[list[BlockQuantized], np.ndarray | None, float | None]:
+    """quantize_weights over slices of at most CHUNK_ELEMENTS of each W [K, N] (AWQ searches α over whole
+    weights and takes them at once); the codes, scales and zero points are concatenated along N."""
+    if config.algorithm is WeightOnlyAlgorithm.AWQ:
+        return quantize_weights(weights, spec, config, hessian)
+    out = []
+    for w in weights:
+        step = max(1, CHUNK_ELEMENTS // max(w.shape[0], 1))
+        if config.algorithm is WeightOnlyAlgorithm.GPTQ:   # each chunk factorises H (O(K³)) again: few, wide ones
+            step = max(step, GPTQ_MIN_CHUNK_COLUMNS)
+        parts = [quantize_weights([w[:, i:i + step]], spec, config, hessian)[0][0] for i in range(0, w.shape[1], step)]
+        out.append(parts[0] if len(parts) == 1 else BlockQuantized(
+            np.concatenate([p.codes for p in parts], axis=1), np.concatenate([p.scales for p in parts], axis=1),
+            None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts], axis=1), spec))
+    return out, None, None
+
+
+def _rows_int8_chunked(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_rows_int8 over row chunks (each row has its own scale, so chunks are exact)."""
+    step = max(1, CHUNK_ELEMENTS // max(table.shape[1], 1))
+    parts = [quantize_rows_int8(np.asarray(table[i:i + step], dtype=np.float32)) for i in range(0, len(table), step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _foldable_params(producer: onnx.NodeProto, inline: Mapping[str, onnx.TensorProto], store: WeightStore,
@@ -272,7 +303,7 @@ def _embeddings(skeleton: onnx.ModelProto, plan: Plan, quantizer: _Quantizer, re
     form = "Gather(int8)+DequantizeLinear" if opset >= BLOCKED_DQ_MIN_OPSET else "Gather(int8)+Cast+Mul"
     for target in plan.embeddings:
         if target.table not in tables:
-            codes, scale = quantize_rows_int8(np.asarray(quantizer._array(target.table), dtype=np.float32))
+            codes, scale = _rows_int8_chunked(quantizer._array(target.table))
             tables[target.table] = (quantizer.sink.add_array(f"{target.table}_q", codes),
                                     quantizer.sink.add_array(f"{target.table}_scale", scale), *codes.shape)
             del codes, scale
