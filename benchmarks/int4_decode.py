@@ -9,9 +9,9 @@ times on x [1, 1, H]:
 Defaults H = 2048, I = 5632 (TinyLlama-1.1B's shapes) and 4 layers (0.82 GB FP32): the 22 layers of a 1.1B
 model (4.5 GB FP32) do not fit this shared 2-core machine's time budget; ``--layers 22`` runs it elsewhere.
 
-Methods: FP32; qcompile w4a16 (RTN without clip search, block 32, asymmetric) in the standard form (blocked
-DequantizeLinear -> MatMul, which ORT rewrites into MatMulNBits at accuracy_level 4), as MatMulNBits at
-accuracy_level 0 and 4, and as NF4 MatMulBnb4; onnxruntime's MatMulNBitsQuantizer with its defaults (block 128, asymmetric, accuracy_level unset)
+Methods: FP32; qcompile w4a16 (RTN without clip search, block 32, asymmetric) with its default form
+(MatMulNBits at accuracy_level 4), in the standard form (blocked DequantizeLinear -> MatMul, which ORT rewrites
+into MatMulNBits at accuracy_level 4), as MatMulNBits at accuracy_level 0, 1 and 4, and as NF4 MatMulBnb4; onnxruntime's MatMulNBitsQuantizer with its defaults (block 128, asymmetric, accuracy_level unset)
 and with block 32 / accuracy_level 4. Latency: all sessions built first, then per round every method in turn
 (order rotated), median of ``--runs`` timed runs; the ratio is the median over rounds of method / FP32 in the
 same round. Also: file size ratio and the relative L2 error of the output vs FP32 on one random token.
@@ -116,8 +116,10 @@ def measure(sessions: dict[str, ort.InferenceSession], feed, rounds: int, runs: 
 
 
 METHODS = {
-    "qcompile DQ form (ORT -> MatMulNBits al4)": ("ours", {}),
+    "qcompile default (MatMulNBits al4)": ("ours", {}),
+    "qcompile DQ form (ORT -> MatMulNBits al4)": ("ours", {"form": "dequantize_linear"}),
     "qcompile MatMulNBits accuracy_level 0": ("ours", {"form": "matmul_nbits", "accuracy_level": 0}),
+    "qcompile MatMulNBits accuracy_level 1": ("ours", {"form": "matmul_nbits", "accuracy_level": 1}),
     "qcompile MatMulNBits accuracy_level 4": ("ours", {"form": "matmul_nbits", "accuracy_level": 4}),
     "qcompile NF4 (MatMulBnb4)": ("ours", {"number_format": "nf4"}),
     "ORT MatMulNBitsQuantizer defaults (block 128, al unset)": ("ort", {}),

@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import shutil
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -53,6 +55,8 @@ from qcompile.preparation import Preparation, prepare_compile
 from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
 from qcompile.runtime_ext.fusion import FusionReport, check_fusion
 from qcompile.runtime_ext.matmul_nbits import choose_form
+from qcompile.stream_compile import (compile_opened, copy_external_model, new_work_dir, open_for_streaming,
+                                     streaming_config_reason)
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, has_cuda, make_session
 
 logger = logging.getLogger(__name__)
@@ -66,6 +70,8 @@ class CompileResult:
     model: onnx.ModelProto
     report: CompileReport
     inputs: OutputGuard = field(default_factory=OutputGuard)   # the files the compile read
+    # the streaming weight-only path keeps the weights of a large model in this file (the model's external data)
+    external_data: Path | None = None
 
     def save(self, path: str | Path, report_path: str | Path | None = None, *, overwrite: bool = False,
              protected: Iterable[Path] = ()) -> tuple[Path, Path]:
@@ -81,7 +87,8 @@ class CompileResult:
         protected = guard.protected
         staging = StagedFiles()   # both files (and a data file) are renamed into place together, or none
         try:
-            written = save_model(self.model, path, protected=protected, staging=staging)
+            written = copy_external_model(self.model, self.external_data, staging, path.absolute(), protected) \
+                if self.external_data is not None else save_model(self.model, path, protected=protected, staging=staging)
             write_text_atomic(report_path, self.report.to_json(), protected=protected + tuple(written),
                               staging=staging)
             staging.commit()
@@ -126,6 +133,9 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
+    streamed = _compile_streaming(model, calib, config, started, guard or OutputGuard(), outputs)
+    if streamed is not None:
+        return streamed
     with phase("load and check the model", progress):
         loaded = load_model(model)
         check_input_model(loaded, config.custom_op_library)
@@ -147,6 +157,35 @@ def _files_read(guard: OutputGuard, loaded: LoadedModel, source: CalibrationSour
     guard = guard.reading("external data file", loaded.external_data_files)
     guard = guard.reading("calibration file", folder.paths if folder is not None else ())
     return guard.reading("eval data file", data_file_paths(eval_data) if isinstance(eval_data, (str, Path)) else ())
+
+
+def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileConfig, started: float,
+                       guard: OutputGuard, outputs: Sequence[tuple[str | Path, str]]) -> CompileResult | None:
+    """The weight-only presets' streaming path (qcompile/stream_compile.py); None where the graph pipeline is
+    needed (the reason is logged)."""
+    reason = streaming_config_reason(config)
+    if reason:
+        if config.preset.weight_only_bits is not None:
+            logger.info("weight-only compile on the graph pipeline: %s", reason)
+        return None
+    opened = open_for_streaming(model)
+    if opened is None:
+        return None
+    work_dir = new_work_dir()
+    with contextlib.ExitStack() as stack:
+        source = open_calibration(calib, opened.skeleton, config, stack)
+        folder = source.folder_files
+        reads = guard.reading("input model or its external data", opened.lazy.source_files).reading(
+            "calibration file", folder.paths if folder is not None else ())
+        reads.check(outputs)
+        try:
+            streamed = compile_opened(opened, source, config, started, work_dir)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+    result = CompileResult(streamed.model, streamed.report, inputs=reads, external_data=streamed.external_data)
+    weakref.finalize(result, shutil.rmtree, work_dir, True)   # the data file lives as long as the result
+    return result
 
 
 def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:

@@ -6,13 +6,13 @@
 Layouts are those of qcompile.numerics.packing. Symmetric codes q ∈ [-2^(b-1), 2^(b-1)) are stored as q + 2^(b-1) with
 no zero-point input (the op's default zero point is 2^(b-1)).
 
-Form choice on the CPU EP, measured with ORT 1.32 on this project's x86 machine (AVX512-VNNI; see
-benchmarks/int4_decode.py and the README): ORT rewrites a blocked DequantizeLinear -> MatMul into MatMulNBits with
-accuracy_level 4 (session option ``session.qdq_matmulnbits_accuracy_level``, default 4), which runs as fast as an
-emitted MatMulNBits at level 4 (about 10x faster than FP32 on a 4096² GEMV at batch 1) while levels 0/1 (fp32
-compute) were about 4x slower than level 4. So the CPU target emits the standard ONNX form (portable: any
-opset-21 runtime reads it) and lets ORT pick the kernel; MatMulNBits is emitted only when asked for, or when an
-accuracy_level is requested (only the contrib op carries one).
+Form choice on the CPU EP (ORT 1.32, this project's x86 machine; benchmarks/int4_decode.py): MatMulNBits at
+accuracy_level 4 (int8 compute) is the kernel ORT runs for INT4 weights, and ORT rewrites a blocked
+DequantizeLinear -> MatMul into the same op; levels 0/1 (fp32 compute) were about 4x slower than level 4. The
+CPU target now emits MatMulNBits at level 4 directly (``auto``): no opset-21 upgrade of the model, nothing left
+to a load-time fusion that some consumers block (a Relu after the MatMul; an Add after a 2-D one), and the
+report states the kernel rather than hoping for it. ``--form dequantize_linear`` keeps the portable ONNX form
+(with the per-node exceptions of ``form_for_node`` for targets that pick it).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def choose_form(target: Target, config: WeightOnlyConfig) -> FormChoice:
     if config.accuracy_level is not None:
         return FormChoice(WeightOnlyForm.MATMUL_NBITS, config.accuracy_level,
                           "an accuracy_level was asked for: only MatMulNBits carries one")
-    return FormChoice(WeightOnlyForm.DEQUANTIZE_LINEAR, None,
-                      "ORT's CPU EP fuses blocked DQ->MatMul into MatMulNBits (accuracy_level 4), "
-                      "as fast as the contrib op; the standard form stays portable")
+    return FormChoice(WeightOnlyForm.MATMUL_NBITS, DEFAULT_CPU_ACCURACY_LEVEL,
+                      "MatMulNBits is the kernel ORT runs for INT4 weights; emitted directly it needs no opset-21 "
+                      "upgrade and no fusion at load (--form dequantize_linear for the portable ONNX form)")
 
 
 # Where ORT 1.32 leaves a blocked DQ -> MatMul unfused (measured): a Relu after the MatMul (DequantizeLinear +

@@ -225,6 +225,9 @@ def make_session(
     if not isinstance(optimization, GraphOptimization):
         raise ConfigError(f"optimization must be a GraphOptimization, not {optimization!r}")
 
+    # ORT's process-wide logger prints what happens before a session's own logger exists (model load, graph
+    # resolution) to fd 2; qcompile reports through its own log and report instead
+    ort.set_default_logger_severity(max(int(log_severity), 3))
     so = ort.SessionOptions()
     so.graph_optimization_level = optimization.to_ort()
     so.log_severity_level = int(log_severity)

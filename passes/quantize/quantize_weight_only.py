@@ -155,7 +155,7 @@ class WeightOnlyQuantizePass(CalibratedPass):
             request = _hessian_request(tensor)
             hessian = ctx.statistics.get(request) if config.algorithm is WeightOnlyAlgorithm.RTN \
                 else ctx.range_of(request)
-            quantized, input_scale, alpha = _quantize_group(members, spec, config, hessian)
+            quantized, input_scale, alpha = quantize_weights([m.weight for m in members], spec, config, hessian)
             if input_scale is not None:
                 stats[_apply_input_scale(graph, members, input_scale)] += 1
             for target, q in zip(members, quantized):
@@ -185,18 +185,19 @@ class WeightOnlyQuantizePass(CalibratedPass):
         return PassResult(modified=bool(targets), stats=dict(stats))
 
 
-def _quantize_group(members: list[WeightOnlyTarget], spec: BlockSpec, config: WeightOnlyConfig, hessian
-                    ) -> tuple[list[BlockQuantized], np.ndarray | None, float | None]:
-    """Quantise the weights of the nodes reading one input: (quantised weights, AWQ input scale s, AWQ α)."""
+def quantize_weights(weights: list[np.ndarray], spec: BlockSpec, config: WeightOnlyConfig, hessian
+                     ) -> tuple[list[BlockQuantized], np.ndarray | None, float | None]:
+    """Quantise the weights W_i [K, N] of the nodes reading one input (H, a of that input for GPTQ/AWQ; None
+    for RTN without data): (quantised weights, AWQ input scale s, AWQ α)."""
     if config.algorithm is WeightOnlyAlgorithm.AWQ:
-        scale, alpha, quantized = awq([m.weight for m in members], hessian.hessian, hessian.abs_mean, spec,
+        scale, alpha, quantized = awq(weights, hessian.hessian, hessian.abs_mean, spec,
                                       grid=config.awq_grid, clip_search=config.clip_search)
         return quantized, scale, alpha
     if config.algorithm is WeightOnlyAlgorithm.GPTQ:
-        return [gptq(m.weight, hessian.hessian, spec, damping=config.damping, batch=config.gptq_batch,
-                     act_order=config.act_order, clip_search=config.clip_search) for m in members], None, None
+        return [gptq(w, hessian.hessian, spec, damping=config.damping, batch=config.gptq_batch,
+                     act_order=config.act_order, clip_search=config.clip_search) for w in weights], None, None
     importance = None if hessian is None else np.diag(hessian.hessian)
-    return [rtn(m.weight, spec, clip_search=config.clip_search, importance=importance) for m in members], None, None
+    return [rtn(w, spec, clip_search=config.clip_search, importance=importance) for w in weights], None, None
 
 
 def _emit(graph: gs.Graph, target: WeightOnlyTarget, q: BlockQuantized, choice: FormChoice,

@@ -9,7 +9,8 @@ onnx's own loader never sees a reference; every one is checked here first, then 
   alias a file outside the folder);
 - ``offset`` and ``length`` are non-negative integers with offset + length <= file size, and length equals
   the bytes the tensor's dtype and shape need; string tensors cannot be external;
-- the location is not the model file itself (its protobuf bytes are no tensor's data);
+- the location is not the model file itself (its protobuf bytes are no tensor's data) — except for the
+  references the streaming loader makes itself to inline weights (qcompile/io/wire.py, io/lazy.py);
 - the model file plus every referenced slice is at most ``max_bytes``.
 
 A model given as bytes or a ModelProto has no folder to resolve against, so any reference in it is refused.
@@ -28,20 +29,11 @@ import onnx
 from qcompile.io.messages import load_error
 from qcompile.io.tensors import _external_location, _iter_model_tensors, _known_nbytes, _uses_external
 
-__all__: list[str] = []
+__all__ = ["ExternalRef", "resolve_external_refs"]
 
 _UINT = re.compile(r"[0-9]+")
 #: Part of ONNX Runtime's location for external initializers that live in process memory.
 _ORT_MEMORY_MARKER = "_ORT_MEM_ADDR_"
-
-
-@dataclass
-class _Ref:
-    tensor: onnx.TensorProto
-    where: str
-    file: Path
-    offset: int
-    length: int
 
 
 def _reject_external(model: onnx.ModelProto, name: str) -> None:
@@ -128,16 +120,39 @@ def _read_exact(fd: int, offset: int, length: int) -> bytes:
         return f.read(length)
 
 
-def _load_external_data(model: onnx.ModelProto, base_dir: Path, name: str, max_bytes: int,
-                        file_size: int, model_path: Path | None = None) -> tuple[Path, ...]:
-    """Check every external reference in ``model`` and read its data into ``raw_data``; return the files read."""
+@dataclass(frozen=True)
+class ExternalRef:
+    """A checked external data reference: ``tensor``'s bytes are ``file[offset : offset + length]``."""
+
+    tensor: onnx.TensorProto
+    where: str
+    file: Path
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        """The referenced bytes (the file was checked when the reference was resolved)."""
+        fd = os.open(self.file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            data = _read_exact(fd, self.offset, self.length)
+        finally:
+            os.close(fd)
+        if len(data) != self.length:
+            raise load_error(str(self.file), f"{self.where}: external data file shrank while reading")
+        return data
+
+
+def resolve_external_refs(model: onnx.ModelProto, base_dir: Path, name: str, max_bytes: int,
+                          file_size: int, model_path: Path | None = None) -> list[ExternalRef]:
+    """Check every external reference in ``model`` (the rules in the module docstring) without reading any data;
+    with ``model_path``, a reference into the model file itself is refused."""
     externals = [(t, where) for t, where in _iter_model_tensors(model) if _uses_external(t)]
     if not externals:
-        return ()
+        return []
     base_real = os.path.realpath(base_dir)
     opened: dict[str, tuple[int, os.stat_result]] = {}
     try:
-        refs: list[_Ref] = []
+        refs: list[ExternalRef] = []
         for t, where in externals:
             location, offset, length = _external_info(t, where, name)
             real = _resolve_location(location, base_dir, base_real, where, name)
@@ -158,20 +173,25 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path, name: str, max_b
             if expected is not None and expected != length:
                 raise load_error(name, f"{where}: external data holds {length} bytes but the tensor's shape "
                                        f"needs {expected}")
-            refs.append(_Ref(t, where, Path(real), offset, length))
+            refs.append(ExternalRef(t, where, Path(real), offset, length))
         total = file_size + sum(r.length for r in refs)
         if total > max_bytes:
             raise load_error(name, f"the model and its external data take {total} bytes, more than the "
                                    f"limit of {max_bytes}")
-        for r in refs:
-            data = _read_exact(opened[str(r.file)][0], r.offset, r.length)
-            if len(data) != r.length:
-                raise load_error(name, f"{r.where}: external data file {r.file.name!r} shrank while reading")
-            r.tensor.raw_data = data
-            del data
-            r.tensor.ClearField("external_data")
-            r.tensor.ClearField("data_location")
     finally:
         for fd, _ in opened.values():
             os.close(fd)
-    return tuple(Path(p) for p in opened)
+    return refs
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path, name: str, max_bytes: int,
+                        file_size: int, model_path: Path | None = None) -> tuple[Path, ...]:
+    """Check every external reference in ``model`` and read its data into ``raw_data``; return the files read."""
+    refs = resolve_external_refs(model, base_dir, name, max_bytes, file_size, model_path)
+    for r in refs:
+        data = r.read()
+        r.tensor.raw_data = data
+        del data
+        r.tensor.ClearField("external_data")
+        r.tensor.ClearField("data_location")
+    return tuple(dict.fromkeys(r.file for r in refs))

@@ -107,7 +107,8 @@ def _check_inline_sizes(model: onnx.ModelProto, name: str) -> None:
                                    f"need {expected}")
 
 
-def _read_model_file(path: Path, name: str, max_bytes: int) -> tuple[bytes, int]:
+def _read_model_file(path: Path, name: str, max_bytes: int, *, read: bool = True) -> tuple[bytes, int]:
+    """(the file's bytes, its size) after the checks of the module docstring; ``read=False`` only checks."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -130,6 +131,9 @@ def _read_model_file(path: Path, name: str, max_bytes: int) -> tuple[bytes, int]
         if st.st_size > PROTOBUF_MAX_BYTES:  # refused before reading it into memory
             raise load_error(name, f"the file is {st.st_size} bytes, over protobuf's 2 GiB limit for one message "
                                    "(models this large keep their weights in external data files)")
+        if not read:
+            os.close(fd)
+            return b"", st.st_size
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -106,30 +106,41 @@ def _dequantized_weight(model: onnx.ModelProto, prefix: str) -> np.ndarray:
 
 
 def test_w4a16_structure_and_report():
+    """Defaults: the streaming path, MatMulNBits for every MatMul (no opset upgrade), int8 embedding rows."""
     result = _compile({"algorithm": "rtn"})
     model, nodes = result.model, _nodes(result)
     counts = _op_counts(model)
-    assert counts["DequantizeLinear"] == 2 + 1                 # down, lm_head + the embedding rows
-    assert counts["MatMul"] == 2 and counts["MatMulNBits"] == 1
-    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 21
-    assert nodes["down"]["bits"] == 4 and nodes["down"]["form"] == "DequantizeLinear+MatMul"
-    # ORT leaves DQ -> MatMul -> Relu unfused, so 'up' gets the contrib op (at accuracy_level 4)
-    assert nodes["up"]["form"] == "MatMulNBits" and nodes["up"]["accuracy_level"] == 4 and "Relu" in nodes["up"]["form_reason"]
+    assert counts["MatMulNBits"] == 3 and "MatMul" not in counts and "DequantizeLinear" not in counts
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 17   # no upgrade needed
+    assert result.report.data["pipeline"] == "streaming"
+    assert nodes["down"]["bits"] == 4 and nodes["down"]["form"] == "MatMulNBits" and nodes["down"]["accuracy_level"] == 4
     assert nodes["lm_head"]["bits"] == 8 and nodes["lm_head"]["role"] == "lm_head"   # >= 8 bits unless asked
     assert nodes["embed"]["status"] == "quantized" and nodes["embed"]["bits"] == 8
+    assert nodes["embed"]["form"] == "Gather(int8)+Cast+Mul"                        # opset 17: no blocked DQ
     for name in ("up", "down", "lm_head", "embed"):
         assert nodes[name]["fused"], nodes[name]                 # ORT: MatMulNBits / integer Gather
-    assert nodes["down"]["ort_kernel"] == "MatMulNBits"
-    inits = {t.name: t for t in model.graph.initializer}
-    assert inits["down_W_q"].data_type == TensorProto.UINT4 and inits["lm_head_W_q"].data_type == TensorProto.UINT8
+    assert "relative_output_error" not in nodes["down"]         # RTN: no calibration, so no Hessian
+    assert not result.report.data["input"]["calibration"]["used"]
     summary = result.report.data["summary"]
     assert summary["unfused_nodes"] == 0 and summary["size_ratio"] < 0.35
+
+
+def test_dequantize_linear_form_structure():
+    result = _compile({"algorithm": "gptq", "form": "dequantize_linear"})
+    model, nodes = result.model, _nodes(result)
+    counts = _op_counts(model)
+    assert counts["DequantizeLinear"] == 3 + 1 and counts["MatMul"] == 3    # up, down, lm_head + embedding rows
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 21
+    assert nodes["down"]["form"] == "DequantizeLinear+MatMul" and nodes["down"]["ort_kernel"] == "MatMulNBits"
+    assert nodes["embed"]["form"] == "Gather(int8)+DequantizeLinear"
+    inits = {t.name: t for t in model.graph.initializer}
+    assert inits["down_W_q"].data_type == TensorProto.UINT4 and inits["lm_head_W_q"].data_type == TensorProto.UINT8
     assert 0 < nodes["down"]["relative_output_error"] < 0.05
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_dq_form_computes_the_reference(symmetric):
-    result = _compile({"algorithm": "rtn", "symmetric": symmetric, "block_size": 16})
+    result = _compile({"algorithm": "rtn", "symmetric": symmetric, "block_size": 16, "form": "dequantize_linear"})
     w_down = _dequantized_weight(result.model, "down")
     original = numpy_helper.to_array(next(t for t in tiny_lm().graph.initializer if t.name == "W2"))
     step = np.abs(original).max() / 7
@@ -178,7 +189,7 @@ def test_gemm_with_bias_and_trans_b():
 
 def test_awq_folds_into_layer_norm_and_keeps_the_function():
     result = _compile({"algorithm": "awq"})
-    stats = next(p["stats"] for p in result.report.data["passes"] if p["name"] == "WeightOnlyQuantizePass")
+    stats = next(p["stats"] for p in result.report.data["passes"] if p["name"] == "quantize")
     # 'up' and lm_head read LayerNorm outputs read by nothing else (folded); 'down' reads the Relu (a Mul)
     assert stats.get("awq_folded_LayerNormalization", 0) == 2 and stats.get("awq_inserted_mul", 0) == 1
     assert 0 <= _nodes(result)["up"]["awq_alpha"] < 1
@@ -187,12 +198,16 @@ def test_awq_folds_into_layer_norm_and_keeps_the_function():
     assert np.sum(ref * got) / (np.linalg.norm(ref) * np.linalg.norm(got)) > 0.99
 
 
-def test_gptq_and_awq_beat_rtn_on_output_error():
-    errors = {}
+def test_gptq_and_awq_beat_rtn():
+    """End to end on the calibration items (RTN has no Hessian, so the logits' SQNR is the common measure)."""
+    sqnr = {}
     for algorithm in ("rtn", "gptq", "awq"):
-        nodes = _nodes(_compile({"algorithm": algorithm, "lm_head_bits": 4}))
-        errors[algorithm] = np.mean([nodes[n]["relative_output_error"] for n in ("up", "down", "lm_head")])
-    assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"]
+        result = _compile({"algorithm": algorithm, "lm_head_bits": 4, "block_size": 64})
+        sqnr[algorithm] = result.report.data["fidelity"]["outputs"]["logits"]["sqnr_db"]
+        if algorithm != "rtn":
+            assert all(0 < n["relative_output_error"] < 0.1 for n in result.report.data["nodes"]
+                       if n["status"] == "quantized" and n["op_type"] == "MatMul")
+    assert sqnr["gptq"] > sqnr["rtn"] and sqnr["awq"] > sqnr["rtn"], sqnr
 
 
 def test_lm_head_rules():
@@ -230,7 +245,7 @@ def test_nf4_emits_matmul_bnb4():
 def test_fp16_scales_are_stored_half_and_still_fuse():
     result = _compile({"scale_dtype": "float16"})
     inits = {t.name: t for t in result.model.graph.initializer}
-    assert inits["down_W_scale_fp16"].data_type == TensorProto.FLOAT16
+    assert inits["down_scales_fp16"].data_type == TensorProto.FLOAT16
     assert result.report.data["summary"]["unfused_nodes"] == 0
     plain = _compile({})
     assert result.report.data["summary"]["output_bytes"] < plain.report.data["summary"]["output_bytes"]
@@ -274,7 +289,7 @@ def test_cli_preset(tmp_path: Path):
     assert report["config"]["weight_only"]["symmetric"] is True
     assert report["config"]["weight_only"]["act_order"] is False
     assert report["config"]["weight_only"]["clip_search"] is True          # unset flag: the default
-    assert report["target"]["weight_only_form"] == "dequantize_linear"
+    assert report["target"]["weight_only_form"] == "matmul_nbits"
     bad = runner.invoke(main, [str(model_path), "--calib", str(calib), "-o", str(tmp_path / "x.onnx"),
                                "--preset", "w4a16", "--block-size", "48"])
     assert bad.exit_code == 2 and "block_size" in bad.output and not (tmp_path / "x.onnx").exists()

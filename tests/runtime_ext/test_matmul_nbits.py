@@ -9,13 +9,15 @@ import onnxruntime as ort
 import pytest
 
 from qcompile.config import Target, WeightOnlyConfig, WeightOnlyForm
-from qcompile.runtime_ext.matmul_nbits import choose_form, form_for_node, matmul_nbits_nodes
+from qcompile.runtime_ext.matmul_nbits import FormChoice, choose_form, form_for_node, matmul_nbits_nodes
 from qcompile.numerics.weight_only import BlockSpec, rtn
 
 
 def test_choose_form():
     auto = choose_form(Target.CPU, WeightOnlyConfig())
-    assert auto.form is WeightOnlyForm.DEQUANTIZE_LINEAR and auto.accuracy_level is None
+    assert auto.form is WeightOnlyForm.MATMUL_NBITS and auto.accuracy_level == 4
+    standard = choose_form(Target.CPU, WeightOnlyConfig(form=WeightOnlyForm.DEQUANTIZE_LINEAR))
+    assert standard.form is WeightOnlyForm.DEQUANTIZE_LINEAR and standard.accuracy_level is None
     level = choose_form(Target.CPU, WeightOnlyConfig(accuracy_level=0))
     assert level.form is WeightOnlyForm.MATMUL_NBITS and level.accuracy_level == 0
     asked = choose_form(Target.CPU, WeightOnlyConfig(form=WeightOnlyForm.MATMUL_NBITS))
@@ -30,7 +32,8 @@ def test_choose_form():
 ])
 def test_form_for_node(consumers, rank, expect):
     config = WeightOnlyConfig()
-    assert form_for_node(choose_form(Target.CPU, config), config, consumers, rank).form is expect
+    standard = FormChoice(WeightOnlyForm.DEQUANTIZE_LINEAR, None, "a target that picks the standard form")
+    assert form_for_node(standard, config, consumers, rank).form is expect
     forced = WeightOnlyConfig(form=WeightOnlyForm.DEQUANTIZE_LINEAR)
     assert form_for_node(choose_form(Target.CPU, forced), forced, consumers, rank).form \
         is WeightOnlyForm.DEQUANTIZE_LINEAR
