@@ -173,7 +173,7 @@ def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileCo
         return None
     work_dir = new_work_dir()
     with contextlib.ExitStack() as stack:
-        source = open_calibration(calib, opened.skeleton, config, stack)
+        source = open_calibration(calib, opened.skeleton, config, stack, runnable=opened.reference)
         folder = source.folder_files
         reads = guard.reading("input model or its external data", opened.lazy.source_files).reading(
             "calibration file", folder.paths if folder is not None else ())

@@ -27,8 +27,10 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fidelity import measure_fidelity
-from qcompile.config import CompileConfig, LayerAnalysis, WeightOnlyForm
+from qcompile.data.kv_cache import detect_kv_cache
+from qcompile.config import CompileConfig, LayerAnalysis
 from qcompile.errors import QCompileError, UnsupportedModelError
 from qcompile.io import EXTERNAL_DATA_THRESHOLD, SERIALISABLE_BYTES, model_size_bytes
 from qcompile.io.lazy import LazyModel, open_model_lazily
@@ -219,8 +221,13 @@ def _fidelity(opened: OpenedModel, quantized, source, config: CompileConfig, res
                 "by an ONNX Runtime session; compare on a machine with room for it (qcompile compare)")
         result.warnings.append(note)
         return {"skipped": note}
-    return measure_fidelity(opened.reference, quantized, source, config.fidelity_samples,
-                            custom_op_library=config.custom_op_library)
+    fidelity = measure_fidelity(opened.reference, quantized, source, config.fidelity_samples,
+                                custom_op_library=config.custom_op_library)
+    layout = detect_kv_cache(opened.skeleton)
+    if layout is not None:   # a decoder: a real greedy decode, not only teacher-forced logits (accuracy/decode.py)
+        fidelity = {**fidelity, "decode": measure_decode(opened.reference, quantized, layout, source,
+                                                         custom_op_library=config.custom_op_library)}
+    return fidelity
 
 
 def copy_external_model(model: onnx.ModelProto, data_file: Path, staging, dest: Path,

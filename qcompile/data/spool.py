@@ -25,8 +25,9 @@ __all__ = ["open_calibration"]
 
 
 def open_calibration(calib: Any, model: onnx.ModelProto, config: CompileConfig,
-                      stack: contextlib.ExitStack) -> CalibrationSource:
-    """The calibration source; a one-shot iterator is first spooled to a temporary folder (closed by ``stack``)."""
+                      stack: contextlib.ExitStack, runnable: onnx.ModelProto | Path | None = None) -> CalibrationSource:
+    """The calibration source; a one-shot iterator is first spooled to a temporary folder (closed by ``stack``).
+    ``runnable``: what ORT runs to make a KV-cache decoder's pasts when ``model`` is a skeleton without weights."""
     specs = model_input_specs(model)
     if _is_one_shot(calib):
         calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
@@ -37,7 +38,8 @@ def open_calibration(calib: Any, model: onnx.ModelProto, config: CompileConfig,
         # token-only windows for a KV-cache decoder: the FP32 model makes the pasts (data/kv_cache.py)
         tokens = open_calibration_source(calib, [s for s in specs if s.name in names],
                                          num_samples=config.calibration.num_samples)
-        return kv_calibration_source(model, layout, tokens, specs, custom_op_library=config.custom_op_library)
+        return kv_calibration_source(runnable if runnable is not None else model, layout, tokens, specs,
+                                     custom_op_library=config.custom_op_library)
     return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
                                    image=config.calibration.image)
 

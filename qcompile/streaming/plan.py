@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from qcompile.config import CompileConfig, NumberFormat
+from qcompile.graph.ops import RECURRENT_OPS
 from qcompile.passes.prepare.name_nodes import unique_names
 from qcompile.passes.quantize.quantize_gather import skip_reason
 from qcompile.passes.quantize.quantize_weight_only import _unsupported_reason
@@ -77,8 +78,12 @@ def _planning_graph(skeleton: onnx.ModelProto) -> gs.Graph:
 
 def classic_reason(skeleton: onnx.ModelProto) -> str:
     """Why the streaming path cannot take this model ("" when it can): a MatMul/Gemm weight computed from
-    constants only, which constant folding (graph pipeline) would have made an initializer."""
+    constants only, which constant folding (graph pipeline) would have made an initializer, or recurrent
+    layers, whose W/R quantisation (passes/quantize/quantize_recurrent.py) runs in the graph pipeline."""
     graph = skeleton.graph
+    recurrent = next((n for n in graph.node if n.op_type in RECURRENT_OPS), None)
+    if recurrent is not None:
+        return f"{recurrent.name or recurrent.op_type} is a recurrent layer (quantised by the graph pipeline)"
     constant = {t.name for t in graph.initializer}
     inputs = {v.name for v in graph.input} - constant
     from_constants: set[str] = set()
