@@ -16,7 +16,7 @@ import click
 
 from qcompile.cli.build import OutlierSides
 from qcompile.config import (AccuracyBudget, CalibrationMethod, CalibrationProvider, CompileConfig, ImageLayout,
-                             LayerAnalysis, Preset, Target, WeightOnlyAlgorithm, WeightOnlyForm)
+                             LayerAnalysis, Preset, Target, WeightOnlyAlgorithm, WeightOnlyForm, WeightRounding)
 
 _DEFAULT = CompileConfig()
 _DEFAULT_EVAL_SAMPLES = {f.name: f.default for f in dataclasses.fields(AccuracyBudget)}["eval_samples"]
@@ -80,6 +80,9 @@ calibration_options = _stack(
                                    "ray://HOST:PORT; needs qcompile[distributed]."),
     click.option("--fidelity-samples", type=int, show_default=str(_DEFAULT.fidelity_samples),
                  help="Calibration items used to measure fidelity vs FP32."),
+    click.option("--weight-rounding", type=EnumChoice(WeightRounding), show_default=_DEFAULT.rounding.method.value,
+                 help="Static INT8 weights: round to nearest, or learn floor/ceil per weight on the calibration "
+                      "inputs (minimises each layer's output error)."),
 )
 
 target_options = _stack(

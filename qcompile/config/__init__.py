@@ -12,6 +12,7 @@ from qcompile.config.calibration import (LOCAL_RAY, CalibrationConfig, Calibrati
 from qcompile.config.compile import DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, CompileConfig
 from qcompile.config.mapping import config_from_mapping, from_toml, parse_alpha, weight_only_from_mapping
 from qcompile.config.quant import CalibrationMethod, EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec
+from qcompile.config.rounding import RoundingConfig, WeightRounding
 from qcompile.config.target import CpuFeatures, Target, TargetProfile
 from qcompile.config.transforms import AUTO_ALPHA_GRID, OutlierSplitConfig, SmoothQuantConfig, SmoothScope
 from qcompile.config.weight_only import (NumberFormat, Preset, ScaleDType, WeightOnlyAlgorithm, WeightOnlyConfig,
@@ -21,8 +22,8 @@ __all__ = [
     "AUTO_ALPHA_GRID", "DEFAULT_OP_TYPES", "LOCAL_RAY", "QUANTIZABLE_OP_TYPES",
     "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "CalibrationMethod", "CalibrationProvider",
     "CompileConfig", "CpuFeatures", "EmbeddingQuantConfig", "Granularity", "ImageLayout", "ImageOptions",
-    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "ScaleDType",
+    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "RoundingConfig", "ScaleDType",
     "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm", "WeightOnlyConfig",
-    "WeightOnlyForm", "WorkersConfig",
+    "WeightOnlyForm", "WeightRounding", "WorkersConfig",
     "config_from_mapping", "from_toml", "parse_alpha", "weight_only_from_mapping",
 ]

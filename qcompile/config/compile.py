@@ -12,6 +12,7 @@ from typing import Any
 
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig
 from qcompile.config.calibration import CalibrationConfig
+from qcompile.config.rounding import RoundingConfig
 from qcompile.config.quant import EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern
 from qcompile.config.target import Target
 from qcompile.config.transforms import OutlierSplitConfig, SmoothQuantConfig
@@ -33,6 +34,7 @@ class CompileConfig:
     overrides: tuple[NodeOverride, ...] = ()
     quantize_classifier: bool = False
     bias_correction: bool = True
+    rounding: RoundingConfig = field(default_factory=RoundingConfig)
     target: Target = Target.CPU
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fidelity_samples: int = 8

@@ -1,0 +1,141 @@
+"""Learned rounding of integer weights: floor or ceil per weight, chosen to minimise the layer's output error.
+
+A weight row w ∈ R^K (one output channel) with scale s and zero point z is stored as levels q = code − z and
+read back as ŵ = s·q. On inputs x with second moment H = E[x xᵀ] the row's mean squared output error is
+
+    f(q) = E[(ŵ·x − w·x)²] = (s q − w)ᵀ H (s q − w)
+
+Nearest rounding ignores H. Learned rounding (AdaRound's search space, Nagel et al., 2020) keeps every level
+within one step of w/s, q_j ∈ {⌊w_j/s⌋, ⌈w_j/s⌉} ∩ [q_min − z, q_max − z], and minimises f there:
+
+  1. error feedback (GPTQ's update with a fixed scale, i.e. Babai's nearest-plane rounding): go through the
+     columns in order; round the updated target t_j to the nearer allowed level, and push its error onto the
+     columns not yet rounded along row j of U, the upper Cholesky factor of (H + λI)⁻¹:
+         t_{j+1:} −= (t_j − s q_j) / U_jj · U_{j, j+1:}
+  2. coordinate descent: with g = H (s q − w), flipping q_j to its other level (δ = ±s) changes f by
+         Δf = 2 δ g_j + δ² H_jj;
+     take every flip with Δf < 0 (then g += δ H_{:, j}) and sweep again until none is left.
+  3. per row, keep the nearest levels where they score at least as well (so learned ≤ nearest on f, always).
+
+Rows are independent; they share H (a Conv's output channels) or carry one each (a depthwise Conv's channels).
+With bias correction the mean error is removed by the bias, so the objective is the covariance
+Σ = H − μμᵀ instead of H (``centred``), and the bias takes the shift −s (q − q_nearest)·μ (``bias_shift``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DAMPING = 0.01          # λ = 1 % of mean(diag H): GPTQ's default, keeps (H + λI)⁻¹ defined on dead inputs
+
+
+@dataclass(frozen=True)
+class RoundingResult:
+    """Levels per weight and the objective f per row, for nearest rounding and for the learned levels."""
+
+    levels: np.ndarray            # [R, K] int64, q = code − zero point
+    nearest_error: np.ndarray     # [R] f(q_nearest)
+    learned_error: np.ndarray     # [R] f(q)
+    flips: int                    # weights whose level differs from nearest
+
+
+def level_bounds(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nearest, floor, ceil) levels of w [R, K] for per-row scales and level limits [R], all clipped."""
+    ratio = w / scale[:, None]
+    clip = (low[:, None], high[:, None])
+    nearest = np.clip(np.rint(ratio), *clip)
+    return nearest, np.clip(np.floor(ratio), *clip), np.clip(np.ceil(ratio), *clip)
+
+
+def rounding_error(w: np.ndarray, scale: np.ndarray, levels: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """f per row: (s q − w)ᵀ H (s q − w); ``hessian`` [K, K] shared or [R, K, K] per row."""
+    e = scale[:, None] * levels - w
+    return np.einsum("rk,rk->r", _times_h(e, hessian), e)
+
+
+def centred(hessian: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Covariance Σ = H − μμᵀ (the objective left once the bias absorbs the mean error)."""
+    return hessian - mean[..., :, None] * mean[..., None, :]
+
+
+def bias_shift(scale: np.ndarray, levels: np.ndarray, nearest: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """−s (q − q_nearest)·μ per row: the bias change that keeps the corrected mean output; mean [K] or [R, K]."""
+    return -np.einsum("rk,rk->r", scale[:, None] * (levels - nearest), np.broadcast_to(mean, levels.shape))
+
+
+def learned_levels(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray, hessian: np.ndarray,
+                   max_sweeps: int = 8) -> RoundingResult:
+    """Levels in {floor, ceil} minimising f (module docstring); w [R, K], scale/low/high [R]."""
+    w = w.astype(np.float64)
+    scale = scale.astype(np.float64)
+    hessian = hessian.astype(np.float64)
+    nearest, lo, hi = level_bounds(w, scale, low, high)
+    usable = scale > 0
+    levels = _error_feedback(w, scale, lo, hi, hessian)
+    _coordinate_descent(w, scale, lo, hi, hessian, levels, max_sweeps)
+    nearest_error = rounding_error(w, scale, nearest, hessian)
+    learned_error = rounding_error(w, scale, levels, hessian)
+    keep_nearest = ~usable | (learned_error >= nearest_error)
+    levels[keep_nearest] = nearest[keep_nearest]
+    learned_error = np.where(keep_nearest, nearest_error, learned_error)
+    return RoundingResult(levels.astype(np.int64), nearest_error, learned_error,
+                          int(np.count_nonzero(levels != nearest)))
+
+
+def _times_h(e: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    return e @ hessian if hessian.ndim == 2 else np.einsum("rk,rkl->rl", e, hessian)
+
+
+def _row_h(hessian: np.ndarray, j: int) -> np.ndarray:
+    """Row j of H for every weight row: [K] shared, or [R, K]."""
+    return hessian[j] if hessian.ndim == 2 else hessian[:, j, :]
+
+
+def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
+    """Upper U with Uᵀ U = (H + λI)⁻¹, λ = DAMPING · mean(diag H) (per matrix)."""
+    k = hessian.shape[-1]
+    diag_mean = np.mean(np.diagonal(hessian, axis1=-2, axis2=-1), axis=-1)
+    damp = DAMPING * np.where(diag_mean > 0, diag_mean, 1.0)
+    damped = hessian + damp[..., None, None] * np.eye(k)
+    inverse = np.linalg.inv(damped)
+    lower = np.linalg.cholesky((inverse + np.swapaxes(inverse, -1, -2)) / 2)   # A = L Lᵀ, so U = Lᵀ
+    return np.swapaxes(lower, -1, -2)
+
+
+def _error_feedback(w, scale, lo, hi, hessian) -> np.ndarray:
+    u = _inverse_cholesky(hessian)
+    u3 = u[None] if u.ndim == 2 else u
+    target = w.copy()
+    levels = np.empty_like(w)
+    safe_scale = np.where(scale > 0, scale, 1.0)
+    for j in range(w.shape[1]):
+        q = np.clip(np.rint(target[:, j] / safe_scale), lo[:, j], hi[:, j])
+        levels[:, j] = q
+        err = (target[:, j] - q * safe_scale) / u3[:, j, j]
+        target[:, j + 1:] -= err[:, None] * u3[:, j, j + 1:]
+    return levels
+
+
+def _coordinate_descent(w, scale, lo, hi, hessian, levels, max_sweeps: int) -> None:
+    grad = _times_h(scale[:, None] * levels - w, hessian)
+    diag = np.diagonal(hessian, axis1=-2, axis2=-1)
+    diag = np.broadcast_to(diag, w.shape)
+    for _ in range(max_sweeps):
+        flipped = 0
+        for j in range(w.shape[1]):
+            other = np.where(levels[:, j] == lo[:, j], hi[:, j], lo[:, j])
+            step = scale * (other - levels[:, j])
+            gain = 2.0 * step * grad[:, j] + step * step * diag[:, j]
+            take = gain < 0
+            if not take.any():
+                continue
+            step = np.where(take, step, 0.0)
+            levels[:, j] = np.where(take, other, levels[:, j])
+            row = _row_h(hessian, j)
+            grad += step[:, None] * (row if row.ndim == 2 else row[None, :])
+            flipped += int(np.count_nonzero(take))
+        if not flipped:
+            break
