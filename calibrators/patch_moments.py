@@ -18,7 +18,7 @@ import numpy as np
 
 from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
 from qcompile.errors import CalibrationError
-from qcompile.numerics.patches import PatchGeometry, PatchMoments, conv_patches, matrix_rows
+from qcompile.numerics.patches import PatchGeometry, PatchMoments, conv_patches, conv_positions, matrix_rows
 
 
 class PatchMomentsCalibrator:
@@ -42,14 +42,18 @@ class PatchMomentsCalibrator:
         x = finite_array(batch, "PatchMomentsCalibrator")
         if x.size == 0:
             return
-        try:
-            rows = matrix_rows(x) if self.geometry is None else conv_patches(x, self.geometry)
-        except ValueError as exc:
-            raise CalibrationError(f"PatchMomentsCalibrator: {exc}") from None
-        if rows.shape[0] > self.max_rows:
-            rows = rows[np.sort(self._rng.choice(rows.shape[0], self.max_rows, replace=False))]
-        by_group = rows.astype(np.float64).transpose(1, 0, 2)                  # [G, P, K]
-        self._fold(np.matmul(by_group.transpose(0, 2, 1), by_group), by_group.sum(axis=1), rows.shape[0])
+        if self.geometry is not None and x.ndim not in (3, 4):
+            raise CalibrationError(f"PatchMomentsCalibrator: patches of a {x.ndim - 2}-d Conv input are not supported")
+        total = x.size // x.shape[-1] if self.geometry is None else conv_positions(x.shape, self.geometry)
+        keep = np.sort(self._rng.choice(total, self.max_rows, replace=False)) if total > self.max_rows else None
+        if self.geometry is None:
+            rows = matrix_rows(x) if keep is None else matrix_rows(x)[keep]
+        else:
+            rows = conv_patches(x, self.geometry, keep)
+        # float32 products per batch (≤ max_rows terms), float64 sums across batches
+        by_group = rows.astype(np.float32, copy=False).transpose(1, 0, 2)                  # [G, P, K]
+        self._fold(np.matmul(by_group.transpose(0, 2, 1), by_group).astype(np.float64),
+                   by_group.sum(axis=1, dtype=np.float64), rows.shape[0])
 
     def _fold(self, sum_xx: np.ndarray, sum_x: np.ndarray, rows: int) -> None:
         if self._sum_xx is None:

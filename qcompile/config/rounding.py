@@ -22,7 +22,7 @@ class RoundingConfig:
 
     method: WeightRounding = WeightRounding.LEARNED
     max_patch: int = 4096
-    rows_per_batch: int = 4096
+    rows_per_batch: int = 1024
     max_sweeps: int = 8
 
     def __post_init__(self) -> None:

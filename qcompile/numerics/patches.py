@@ -59,8 +59,9 @@ class PatchMoments:
         return {"rows": self.rows, "groups": int(self.mean.shape[0]), "patch": int(self.mean.shape[1])}
 
 
-def conv_patches(x: np.ndarray, geometry: PatchGeometry) -> np.ndarray:
-    """Patches of a Conv input x [N, C, *spatial] as rows [N·positions, group, C/group · Πkernel]."""
+def conv_patches(x: np.ndarray, geometry: PatchGeometry, positions: np.ndarray | None = None) -> np.ndarray:
+    """Patches of a Conv input x [N, C, *spatial] as rows [N·positions, group, C/group · Πkernel]; with
+    ``positions`` (indices into the N·positions output positions) only those rows."""
     if geometry.rank == 1:
         geometry = PatchGeometry((1, *geometry.kernel), (1, *geometry.strides), (1, *geometry.dilations),
                                  (0, geometry.pads[0], 0, geometry.pads[1]), geometry.group, geometry.auto_pad)
@@ -74,8 +75,27 @@ def conv_patches(x: np.ndarray, geometry: PatchGeometry) -> np.ndarray:
     span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
     windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
     # [N, C, Ho, Wo, kh, kw] -> [N, Ho, Wo, C, kh, kw] -> [N·Ho·Wo, group, C/group·kh·kw]
-    rows = np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5))
+    by_position = windows.transpose(0, 2, 3, 1, 4, 5)
+    if positions is None:
+        rows = np.ascontiguousarray(by_position)
+    else:
+        n_index, rest = np.divmod(positions, by_position.shape[1] * by_position.shape[2])
+        rows = by_position[n_index, *np.divmod(rest, by_position.shape[2])]
     return rows.reshape(-1, geometry.group, (channels // geometry.group) * kh * kw)
+
+
+def conv_positions(x_shape: tuple[int, ...], geometry: PatchGeometry) -> int:
+    """How many output positions (over the batch) a Conv input of this shape gives."""
+    if geometry.rank == 1:
+        return conv_positions((*x_shape[:2], 1, x_shape[2]),
+                              PatchGeometry((1, *geometry.kernel), (1, *geometry.strides), (1, *geometry.dilations),
+                                            (0, geometry.pads[0], 0, geometry.pads[1]), geometry.group,
+                                            geometry.auto_pad))
+    count = x_shape[0]
+    for size, (begin, end), k, s, d in zip(x_shape[2:], geometry.explicit_pads(tuple(x_shape[2:])),
+                                           geometry.kernel, geometry.strides, geometry.dilations):
+        count *= (size + begin + end - (k - 1) * d - 1) // s + 1
+    return count
 
 
 def matrix_rows(x: np.ndarray) -> np.ndarray:

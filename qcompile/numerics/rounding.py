@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DAMPING = 0.01          # λ = 1 % of mean(diag H): GPTQ's default, keeps (H + λI)⁻¹ defined on dead inputs
+BLOCK = 64              # columns updated one by one; the rest of the row gets a block's changes in one product
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class RoundingResult:
 
 def level_bounds(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(nearest, floor, ceil) levels of w [R, K] for per-row scales and level limits [R], all clipped."""
-    ratio = w / scale[:, None]
+    """(nearest, floor, ceil) levels of w [R, K] for per-row scales and level limits [R], all clipped
+    (a row of scale 0, which qparams never gives, is read with scale 1)."""
+    ratio = w / np.where(scale > 0, scale, 1.0)[:, None]
     clip = (low[:, None], high[:, None])
     nearest = np.clip(np.rint(ratio), *clip)
     return nearest, np.clip(np.floor(ratio), *clip), np.clip(np.ceil(ratio), *clip)
@@ -89,9 +91,11 @@ def _times_h(e: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     return e @ hessian if hessian.ndim == 2 else np.einsum("rk,rkl->rl", e, hessian)
 
 
-def _row_h(hessian: np.ndarray, j: int) -> np.ndarray:
-    """Row j of H for every weight row: [K] shared, or [R, K]."""
-    return hessian[j] if hessian.ndim == 2 else hessian[:, j, :]
+def _rows_times(steps: np.ndarray, matrix: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    """steps [R, b] times matrix[rows, cols] (shared [K, K] or per row [R, K, K])."""
+    if matrix.ndim == 2:
+        return steps @ matrix[rows, cols]
+    return np.einsum("rb,rbk->rk", steps, matrix[:, rows, cols])
 
 
 def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
@@ -106,36 +110,53 @@ def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
 
 
 def _error_feedback(w, scale, lo, hi, hessian) -> np.ndarray:
+    """Column by column in blocks of BLOCK (GPTQ's lazy update: a block's errors reach later columns at once)."""
     u = _inverse_cholesky(hessian)
     u3 = u[None] if u.ndim == 2 else u
     target = w.copy()
     levels = np.empty_like(w)
     safe_scale = np.where(scale > 0, scale, 1.0)
-    for j in range(w.shape[1]):
-        q = np.clip(np.rint(target[:, j] / safe_scale), lo[:, j], hi[:, j])
-        levels[:, j] = q
-        err = (target[:, j] - q * safe_scale) / u3[:, j, j]
-        target[:, j + 1:] -= err[:, None] * u3[:, j, j + 1:]
+    k = w.shape[1]
+    for j0 in range(0, k, BLOCK):
+        j1 = min(j0 + BLOCK, k)
+        errors = np.empty((w.shape[0], j1 - j0))
+        for j in range(j0, j1):
+            q = np.clip(np.rint(target[:, j] / safe_scale), lo[:, j], hi[:, j])
+            levels[:, j] = q
+            err = (target[:, j] - q * safe_scale) / u3[:, j, j]
+            target[:, j + 1:j1] -= err[:, None] * u3[:, j, j + 1:j1]
+            errors[:, j - j0] = err
+        if j1 < k:
+            target[:, j1:] -= _rows_times(errors, u, slice(j0, j1), slice(j1, k))
     return levels
 
 
 def _coordinate_descent(w, scale, lo, hi, hessian, levels, max_sweeps: int) -> None:
+    """Flip sweeps in blocks of BLOCK columns: g is exact inside a block and brought up to date after it."""
     grad = _times_h(scale[:, None] * levels - w, hessian)
-    diag = np.diagonal(hessian, axis1=-2, axis2=-1)
-    diag = np.broadcast_to(diag, w.shape)
+    h3 = hessian[None] if hessian.ndim == 2 else hessian
+    diag = np.broadcast_to(np.diagonal(hessian, axis1=-2, axis2=-1), w.shape)
+    k = w.shape[1]
     for _ in range(max_sweeps):
         flipped = 0
-        for j in range(w.shape[1]):
-            other = np.where(levels[:, j] == lo[:, j], hi[:, j], lo[:, j])
-            step = scale * (other - levels[:, j])
-            gain = 2.0 * step * grad[:, j] + step * step * diag[:, j]
-            take = gain < 0
-            if not take.any():
-                continue
-            step = np.where(take, step, 0.0)
-            levels[:, j] = np.where(take, other, levels[:, j])
-            row = _row_h(hessian, j)
-            grad += step[:, None] * (row if row.ndim == 2 else row[None, :])
-            flipped += int(np.count_nonzero(take))
+        for j0 in range(0, k, BLOCK):
+            j1 = min(j0 + BLOCK, k)
+            steps = np.zeros((w.shape[0], j1 - j0))
+            for j in range(j0, j1):
+                other = np.where(levels[:, j] == lo[:, j], hi[:, j], lo[:, j])
+                step = scale * (other - levels[:, j])
+                take = 2.0 * step * grad[:, j] + step * step * diag[:, j] < 0
+                if not take.any():
+                    continue
+                step = np.where(take, step, 0.0)
+                levels[:, j] = np.where(take, other, levels[:, j])
+                grad[:, j0:j1] += step[:, None] * h3[:, j, j0:j1]
+                steps[:, j - j0] = step
+                flipped += int(np.count_nonzero(take))
+            if steps.any():
+                if j0 > 0:
+                    grad[:, :j0] += _rows_times(steps, hessian, slice(j0, j1), slice(0, j0))
+                if j1 < k:
+                    grad[:, j1:] += _rows_times(steps, hessian, slice(j0, j1), slice(j1, k))
         if not flipped:
             break
