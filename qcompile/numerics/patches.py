@@ -49,15 +49,10 @@ class PatchGeometry:
 
 @dataclass(frozen=True, eq=False)
 class PatchMoments:
-    """Moments of the patches P̃ a layer reads and (paired) the patches P of the same positions in the float
-    model, per group, over ``rows`` positions: E[P̃P̃ᵀ], E[P̃Pᵀ], E[PPᵀ] [G, K, K] and E[P̃], E[P] [G, K].
-    Unpaired, P = P̃ and the three products are the same array."""
+    """Mean outer product [G, K, K] and mean [G, K] of the patches of each group, over ``rows`` positions."""
 
     hessian: np.ndarray
-    cross: np.ndarray
-    reference_hessian: np.ndarray
     mean: np.ndarray
-    reference_mean: np.ndarray
     rows: int
 
     def as_json(self) -> dict:

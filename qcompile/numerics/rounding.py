@@ -12,7 +12,7 @@ within one step of w/s, q_j ∈ {⌊w_j/s⌋, ⌈w_j/s⌉} ∩ [q_min − z, q_m
      columns in order; round the updated target t_j to the nearer allowed level, and push its error onto the
      columns not yet rounded along row j of U, the upper Cholesky factor of (H + λI)⁻¹:
          t_{j+1:} −= (t_j − s q_j) / U_jj · U_{j, j+1:}
-  2. coordinate descent: with g = H (s q − w) (generally H s q − b, see learned_levels), flipping q_j to its other level (δ = ±s) changes f by
+  2. coordinate descent: with g = H (s q − w), flipping q_j to its other level (δ = ±s) changes f by
          Δf = 2 δ g_j + δ² H_jj;
      take every flip with Δf < 0 (then g += δ H_{:, j}) and sweep again until none is left.
   3. per row, keep the nearest levels where they score at least as well (so learned ≤ nearest on f, always).
@@ -69,23 +69,17 @@ def bias_shift(scale: np.ndarray, levels: np.ndarray, nearest: np.ndarray, mean:
 
 
 def learned_levels(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray, hessian: np.ndarray,
-                   max_sweeps: int = 8, linear: np.ndarray | None = None) -> RoundingResult:
+                   max_sweeps: int = 8) -> RoundingResult:
     """Levels in {floor, ceil} of w/s minimising f (module docstring); w [R, K], scale/low/high [R].
-
-    ``linear`` b [R, K] generalises the objective to f(q) = (s q)ᵀ H (s q) − 2 (s q)ᵀ b (+ const): b = H w is
-    the plain f; b = E[x̃ xᵀ] w with H = E[x̃ x̃ᵀ] matches s q on the quantised input x̃ to w on the float
-    input x. The errors returned are then f without its constant (the caller adds wᵀ E[x xᵀ] w)."""
+    Internally f(q) = (s q)ᵀ H (s q) − 2 (s q)ᵀ b + wᵀ H w with b = H w."""
     w = w.astype(np.float64)
     scale = scale.astype(np.float64)
     hessian = hessian.astype(np.float64)
     nearest, lo, hi = level_bounds(w, scale, low, high)
     usable = scale > 0
-    if linear is None:
-        linear, constant, start = _times_h(w, hessian), np.einsum("rk,rk->r", _times_h(w, hessian), w), w
-    else:
-        linear, constant = linear.astype(np.float64), np.zeros(w.shape[0])
-        start = _damped_solve(hessian, linear)       # the continuous optimum, where error feedback starts
-    levels = _error_feedback(start, scale, lo, hi, hessian)
+    linear = _times_h(w, hessian)
+    constant = np.einsum("rk,rk->r", linear, w)
+    levels = _error_feedback(w, scale, lo, hi, hessian)
     _coordinate_descent(scale, lo, hi, hessian, linear, levels, max_sweeps)
     nearest_error = _objective(scale, nearest, hessian, linear) + constant
     learned_error = _objective(scale, levels, hessian, linear) + constant
@@ -99,16 +93,6 @@ def learned_levels(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.n
 def _objective(scale: np.ndarray, levels: np.ndarray, hessian: np.ndarray, linear: np.ndarray) -> np.ndarray:
     v = scale[:, None] * levels
     return np.einsum("rk,rk->r", _times_h(v, hessian) - 2.0 * linear, v)
-
-
-def _damped_solve(hessian: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """(H + λI)⁻¹ b per row."""
-    k = hessian.shape[-1]
-    diag_mean = np.mean(np.diagonal(hessian, axis1=-2, axis2=-1), axis=-1)
-    damped = hessian + (DAMPING * np.where(diag_mean > 0, diag_mean, 1.0))[..., None, None] * np.eye(k)
-    if damped.ndim == 2:
-        return np.linalg.solve(damped, linear.T).T
-    return np.linalg.solve(damped, linear[..., None])[..., 0]
 
 
 def _times_h(e: np.ndarray, hessian: np.ndarray) -> np.ndarray:
