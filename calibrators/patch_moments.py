@@ -50,8 +50,10 @@ class PatchMomentsCalibrator:
             rows = matrix_rows(x) if keep is None else matrix_rows(x)[keep]
         else:
             rows = conv_patches(x, self.geometry, keep)
-        # float32 products per batch (≤ max_rows terms), float64 sums across batches
-        by_group = rows.astype(np.float32, copy=False).transpose(1, 0, 2)                  # [G, P, K]
+        # float32 products per batch (≤ max_rows terms), float64 sums across batches; float64 products where
+        # float32 squares could overflow (|x| ≥ 1e15: every finite float32 squares within float64)
+        wide = rows.size and float(np.max(np.abs(rows))) >= 1e15
+        by_group = rows.astype(np.float64 if wide else np.float32, copy=False).transpose(1, 0, 2)   # [G, P, K]
         self._fold(np.matmul(by_group.transpose(0, 2, 1), by_group).astype(np.float64),
                    by_group.sum(axis=1, dtype=np.float64), rows.shape[0])
 

@@ -112,6 +112,10 @@ def learned_weight_codes(node: gs.Node, values: np.ndarray, params: QParams, red
     zero = np.broadcast_to(np.asarray(params.zero_point, np.int64).reshape(-1), (outputs,))
     q_min, q_max = params.dtype.int_range(reduce_range)
     low, high = (q_min - zero).astype(np.float64), (q_max - zero).astype(np.float64)
+    # symmetric (zero point mid-range): never the lone most negative code, as nearest rounding never reaches it
+    # (u8s8 kernels on AVX2 saturate on it)
+    symmetric = zero == (q_max + q_min + 1) // 2
+    low = np.where(symmetric, np.maximum(low, -high), low)
     hessian = centred(moments.hessian, moments.mean) if centre else moments.hessian
     groups = hessian.shape[0]
     per_group = outputs // groups
