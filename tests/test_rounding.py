@@ -6,8 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.numerics.rounding import (_inverse_cholesky, bias_shift, centred, learned_levels, level_bounds,
-                                        rounding_error)
+from qcompile.numerics.rounding import _inverse_cholesky, centred, learned_levels, rounding_error
 
 
 def _layer(seed: int, rows: int, k: int, n: int, correlated: bool):
@@ -58,19 +57,14 @@ def test_rounding_error_is_the_mean_squared_output_error(case):
 
 @settings(max_examples=25, deadline=None)
 @given(layers)
-def test_centred_objective_and_bias_shift_keep_the_corrected_mean(case):
-    """With Σ = H − μμᵀ and the bias shift, the output's mean error equals that of nearest rounding."""
+def test_centred_objective_is_the_output_error_variance(case):
+    """With Σ = H − μμᵀ, f is the variance of the output error: what is left once the bias removes its mean."""
     w, scale, x = _layer(*case)
-    mean = x.mean(axis=0)
-    sigma = centred(x.T @ x / x.shape[0], mean)
+    sigma = centred(x.T @ x / x.shape[0], x.mean(axis=0))
     np.testing.assert_allclose(sigma, np.cov(x.T, bias=True).reshape(sigma.shape), atol=1e-9)
-    rows = w.shape[0]
-    result = learned_levels(w, scale, np.full(rows, -127.0), np.full(rows, 127.0), sigma)
-    nearest, _, _ = level_bounds(w, scale, np.full(rows, -127.0), np.full(rows, 127.0))
-    shift = bias_shift(scale, result.levels, nearest, mean)
-    learned_mean_error = (scale[:, None] * result.levels - w) @ mean + shift
-    nearest_mean_error = (scale[:, None] * nearest - w) @ mean
-    np.testing.assert_allclose(learned_mean_error, nearest_mean_error, atol=1e-9)
+    levels = np.rint(w / scale[:, None])
+    error = (scale[:, None] * levels - w) @ x.T
+    np.testing.assert_allclose(rounding_error(w, scale, levels, sigma), error.var(axis=1), rtol=1e-6, atol=1e-15)
 
 
 @settings(max_examples=20, deadline=None)

@@ -65,7 +65,9 @@ def plan_rounding(nodes: list[gs.Node], config: CompileConfig) -> RoundingPlan:
 def _request(node: gs.Node, config: CompileConfig) -> tuple[str, StatRequest | None, int, int]:
     """(reason declined, request, groups, patch length) for one node."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if node.op not in ROUNDED_OPS or not isinstance(weight, gs.Constant):
+    if node.op not in ROUNDED_OPS:
+        return f"learned rounding: {node.op} keeps nearest rounding", None, 0, 0
+    if not isinstance(weight, gs.Constant):
         return "learned rounding: no constant weight", None, 0, 0
     shape = weight.values.shape
     geometry = None

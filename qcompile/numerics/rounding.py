@@ -18,8 +18,8 @@ within one step of w/s, q_j ∈ {⌊w_j/s⌋, ⌈w_j/s⌉} ∩ [q_min − z, q_m
   3. per row, keep the nearest levels where they score at least as well (so learned ≤ nearest on f, always).
 
 Rows are independent; they share H (a Conv's output channels) or carry one each (a depthwise Conv's channels).
-With bias correction the mean error is removed by the bias, so the objective is the covariance
-Σ = H − μμᵀ instead of H (``centred``), and the bias takes the shift −s (q − q_nearest)·μ (``bias_shift``).
+With bias correction the mean error is removed by the bias (b' = b − (ŵ − w)·μ, computed afterwards from
+the chosen levels), so the objective is the covariance Σ = H − μμᵀ instead of H (``centred``).
 """
 
 from __future__ import annotations
@@ -61,11 +61,6 @@ def rounding_error(w: np.ndarray, scale: np.ndarray, levels: np.ndarray, hessian
 def centred(hessian: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Covariance Σ = H − μμᵀ (the objective left once the bias absorbs the mean error)."""
     return hessian - mean[..., :, None] * mean[..., None, :]
-
-
-def bias_shift(scale: np.ndarray, levels: np.ndarray, nearest: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """−s (q − q_nearest)·μ per row: the bias change that keeps the corrected mean output; mean [K] or [R, K]."""
-    return -np.einsum("rk,rk->r", scale[:, None] * (levels - nearest), np.broadcast_to(mean, levels.shape))
 
 
 def learned_levels(w: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray, hessian: np.ndarray,
