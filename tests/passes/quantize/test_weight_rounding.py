@@ -4,16 +4,19 @@ report and never above nearest, and the model's output error vs FP32 lower than 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from onnx import numpy_helper
 
 from models.generate import make_samples, tiny_cnn
 from qcompile.api import compile_model
+from qcompile.cli import main
 from qcompile.cli.build import CompileFlags, build_config
 from qcompile.config import CompileConfig, RoundingConfig, WeightRounding, config_from_mapping
 from qcompile.errors import ConfigError
@@ -92,3 +95,17 @@ def test_config_from_cli_and_toml():
         config_from_mapping({"rounding": {"method": "stochastic"}})
     with pytest.raises(ConfigError, match="rows_per_batch"):
         RoundingConfig(rows_per_batch=1)
+
+
+def test_cli_flag_reaches_the_report(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    report = model.with_name("nearest.json")
+    result = CliRunner().invoke(main, [str(model), "--calib", str(calib), "--weight-rounding", "nearest",
+                                       "-o", str(model.with_name("nearest.onnx")), "--report", str(report),
+                                       "--no-progress", "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["config"]["rounding"]["method"] == "nearest"
+    assert not any(n.get("rounding") == "learned" for n in data["nodes"])
+    bad = CliRunner().invoke(main, [str(model), "--calib", str(calib), "--weight-rounding", "stochastic"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
