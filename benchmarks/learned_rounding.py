@@ -42,8 +42,7 @@ from qcompile.calibrators.collector import collect_statistics  # noqa: E402
 from qcompile.config import CompileConfig, RoundingConfig, WeightRounding  # noqa: E402
 from qcompile.data import model_input_specs, open_calibration_source  # noqa: E402
 from qcompile.numerics import rounding  # noqa: E402
-from qcompile.pass_infra import StatKind, StatRequest  # noqa: E402
-from qcompile.passes.quantize.weight_rounding import patch_geometry, weight_rows  # noqa: E402
+from qcompile.passes.quantize.weight_rounding import rounding_request, weight_rows  # noqa: E402
 
 DEFAULT_EVAL_DIR = Path(os.environ.get("QCOMPILE_EVAL_DIR", REPO.parent / "shared" / "eval"))
 
@@ -154,11 +153,8 @@ def compare_solvers(case: Path, layers: int) -> list[dict]:
     graph = gs.import_onnx(model)
     convs = [n for n in graph.nodes if n.op == "Conv" and isinstance(n.inputs[1], gs.Constant)]
     picks = [convs[i] for i in np.linspace(len(convs) // 4, len(convs) - 2, layers).astype(int)]
-    requests = {}
-    for node in picks:
-        _, geometry, _ = patch_geometry(node, node.inputs[1].values, 1 << 16)
-        requests[node.name] = StatRequest(node.inputs[0].name, StatKind.PATCH_MOMENTS, sample_rows=1024,
-                                          patch=geometry)
+    config = CompileConfig()
+    requests = {node.name: rounding_request(node, config)[1] for node in picks}
     source = open_calibration_source(case / "calib", model_input_specs(model))
     stats = collect_statistics(graph, list(requests.values()), source)
     rows = []

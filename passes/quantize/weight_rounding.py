@@ -48,7 +48,7 @@ def plan_rounding(nodes: list[gs.Node], config: CompileConfig) -> RoundingPlan:
     budget = config.calibration.memory_budget_mb << 20
     used = 0
     for node in nodes:
-        reason, request, groups, patch = _request(node, config)
+        reason, request, groups, patch = rounding_request(node, config)
         if request is None:
             declined[node.name] = reason
             continue
@@ -62,7 +62,7 @@ def plan_rounding(nodes: list[gs.Node], config: CompileConfig) -> RoundingPlan:
     return RoundingPlan(requests, declined)
 
 
-def _request(node: gs.Node, config: CompileConfig) -> tuple[str, StatRequest | None, int, int]:
+def rounding_request(node: gs.Node, config: CompileConfig) -> tuple[str, StatRequest | None, int, int]:
     """(reason declined, request, groups, patch length) for one node."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if node.op not in ROUNDED_OPS:
