@@ -58,6 +58,8 @@ def _session(model) -> ort.InferenceSession:
 def _eval_feeds(case: Path, items: int, names: list[str]) -> tuple[list[dict], np.ndarray | None]:
     with np.load(case / "eval.npz") as data:
         arrays = {k: data[k] for k in data.files}
+    if len(names) == 1 and names[0] not in arrays:   # one input, stored under its own key (fmnist_cnn: x)
+        arrays[names[0]] = arrays["x"]
     count = min(items, len(arrays[names[0]]))
     feeds = [{n: arrays[n][i:i + 25] for n in names} for i in range(0, count, 25)]
     labels = arrays.get("y")
