@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> str:
             result = compile_model(case.model, case.calib, config_from_mapping(mapping))
             seconds = time.perf_counter() - started
             path = Path(tmp) / f"{key}.onnx"
-            result.save(path)
+            result.save(path, overwrite=True)
             paths[key] = path
             report = result.report.data
             metrics = compare.fidelity(case, data, reference,

@@ -247,7 +247,7 @@ def _compile_worker(method: str, model: Path, calib: Path, out_dir: Path) -> int
         if method in ("qcompile", "qcompile_w4a16"):
             preset = Preset.W4A16 if method == "qcompile_w4a16" else Preset.W8A8
             compiled = compile_model(model, calib, CompileConfig(preset=preset))
-            compiled.save(out_model, out_dir / "report.json")
+            compiled.save(out_model, out_dir / "report.json", overwrite=True)
             summary = compiled.report.data.get("summary", {})
             result["notes"] = {k: summary.get(k) for k in ("quantized_nodes", "skipped_compute_nodes",
                                                             "unfused_nodes")}

@@ -97,7 +97,7 @@ def ours(fp32_path: Path, out: Path, calib, table: dict) -> Path:
     unfused = result.report.data["summary"]["unfused_nodes"]
     logger.info("%s: %d nodes quantised, %d unfused", out.name, result.report.data["summary"]["quantized_nodes"],
                 unfused)
-    result.save(out)
+    result.save(out, overwrite=True)
     return out
 
 

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             result = compile_model(model, calib, config)
             seconds = time.perf_counter() - start
             path = Path(tmp) / f"{name}.onnx"
-            result.save(path)
+            result.save(path, overwrite=True)
             quant = _session(path, 1)
             cos = sentence_cosines(ref, quant, rows)
             errors = [n["relative_output_error"] for n in result.report.data["nodes"]

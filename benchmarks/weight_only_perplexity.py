@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             result = compile_model(model, calib, config)
             seconds = time.perf_counter() - start
             path = Path(tmp) / f"{name}.onnx"
-            result.save(path)
+            result.save(path, overwrite=True)
             errors = [n["relative_output_error"] for n in result.report.data["nodes"] if "relative_output_error" in n]
             line = (f"| {name} | {perplexity(path, windows):.2f} | {result.report.data['summary']['size_ratio']:.3f}"
                     f" | {np.mean(errors) if errors else float('nan'):.5f} | {seconds:.0f} |")

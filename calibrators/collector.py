@@ -24,12 +24,14 @@ from qcompile.calibrators.channel_mean import ChannelMeanCalibrator
 from qcompile.calibrators.hessian import HessianCalibrator
 from qcompile.calibrators.factory import make_calibrator
 from qcompile.calibrators.patch_moments import PatchMomentsCalibrator
+from qcompile.calibrators.range_rules import apply_range_rules
 from qcompile.calibrators.row_sample import RowSampleCalibrator
 from qcompile.calibrators.subgraph_outputs import (conditional_in_stacking_names, expose_subgraph_tensors,
                                                    merge_stacked_axes, subgraph_tensor_names)
 from qcompile.errors import CalibrationDataError, CalibrationError, QCompileError
 from qcompile.pass_infra import StatKind, StatRequest
 from qcompile.graph.weights import total_constant_bytes, weightless_model
+from qcompile.runtime_ext.run_limit import DEFAULT_SAMPLE_TIME_LIMIT_S, run_limited
 from qcompile.runtime_ext.session import LARGE_MODEL_BYTES, GraphOptimization, make_session
 from qcompile.numerics.qparams import TensorRange
 
@@ -70,7 +72,7 @@ def _output_model(graph: gs.Graph, tensor_names: Sequence[str]):
             tensor.dtype = np.float32
         outputs.append(tensor)
     copy.outputs = outputs
-    copy.cleanup()
+    copy.cleanup().toposort()   # graphsurgeon's sort, bodies included: exposure appends nodes to them
     aliases = {e.output.name: (e.requested, e.stacked_axes) for e in exposed.values()}
     if total_constant_bytes(copy) > LARGE_MODEL_BYTES:
         # over protobuf's 2 GB limit: export the structure only, the weights go to ORT from memory
@@ -94,12 +96,13 @@ def _session(model_and_weights, providers: Sequence[str], threads: int | None,
 def collect_statistics(graph: gs.Graph, requests: Sequence[StatRequest], source: Iterable[Mapping[str, np.ndarray]],
                        *, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                        memory_budget_bytes: int = 1 << 30, progress=None,
-                       custom_op_library: str | None = None) -> dict[StatRequest, TensorRange]:
+                       custom_op_library: str | None = None,
+                       sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[StatRequest, TensorRange]:
     """Streaming statistics for ``requests`` over ``source`` (see module docstring); ``providers`` are the ORT
     execution providers the float graph runs on (CUDA when asked: same ranges within float tolerance)."""
     calibrators = collect_calibrators(graph, requests, source, providers=providers, threads=threads,
                                       memory_budget_bytes=memory_budget_bytes, progress=progress,
-                                      custom_op_library=custom_op_library)
+                                      custom_op_library=custom_op_library, sample_time_limit_s=sample_time_limit_s)
     return compute_ranges(graph, calibrators)
 
 
@@ -109,15 +112,17 @@ def empty_calibrators(requests: Sequence[StatRequest]) -> dict[StatRequest, Cali
 
 
 def compute_ranges(graph: gs.Graph, calibrators: Mapping[StatRequest, Calibrator]) -> dict[StatRequest, TensorRange]:
-    """The statistic of each (possibly merged) calibrator; see ``_results``."""
-    return _results(calibrators, subgraph_tensor_names(graph))
+    """The statistic of each (possibly merged) calibrator (see ``_results``), activation ranges after the
+    rules of calibrators/range_rules.py (bounded producers; no histogram method worse than min-max)."""
+    return apply_range_rules(graph, calibrators, _results(calibrators, subgraph_tensor_names(graph)))
 
 
 def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
                         source: Iterable[Mapping[str, np.ndarray]], *,
                         providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                         memory_budget_bytes: int = 1 << 30, progress=None,
-                        custom_op_library: str | None = None) -> dict[StatRequest, Calibrator]:
+                        custom_op_library: str | None = None,
+                        sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[StatRequest, Calibrator]:
     """The calibrators of ``requests`` after streaming ``source`` through them, not yet computed, so that
     shards of the data can be collected apart and merged (``compute_ranges`` finishes)."""
     by_tensor: dict[str, list[StatRequest]] = defaultdict(list)
@@ -129,7 +134,7 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
     calibrators = empty_calibrators(requests)
 
     groups, sizing_session = _plan_groups(graph, computed, source, memory_budget_bytes, providers, threads,
-                                          custom_op_library)
+                                          custom_op_library, sample_time_limit_s)
     for index, group in enumerate(groups):
         if len(groups) == 1:
             session, aliases = sizing_session  # one group = every tensor: the sizing session exposes them
@@ -142,7 +147,7 @@ def collect_calibrators(graph: gs.Graph, requests: Sequence[StatRequest],
         for feed in source:
             if session is not None:
                 try:
-                    arrays = session.run(output_names, dict(feed))
+                    arrays = run_limited(session, output_names, feed, sample_time_limit_s)
                 except Exception as exc:
                     raise CalibrationDataError(
                         f"the model failed on calibration sample {seen}: {str(exc).splitlines()[0]}") from exc
@@ -199,7 +204,8 @@ def _update(calibrator, name: str, array: np.ndarray) -> None:
 
 
 def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, providers, threads,
-                 custom_op_library: str | None = None
+                 custom_op_library: str | None = None,
+                 sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S,
                  ) -> tuple[list[list[str]], tuple[ort.InferenceSession | None, dict]]:
     """Split tensors into groups whose activations fit the budget; sizes measured on the first sample.
 
@@ -213,7 +219,7 @@ def _plan_groups(graph: gs.Graph, names: list[str], source, budget: int, provide
     session, aliases = _exposing_session(graph, names, providers, threads, custom_op_library)
     output_names = [o.name for o in session.get_outputs()]
     try:
-        arrays = session.run(output_names, dict(first_feed))
+        arrays = run_limited(session, output_names, first_feed, sample_time_limit_s)
     except Exception as exc:
         raise CalibrationDataError(f"the model failed on calibration sample 0: {str(exc).splitlines()[0]}") from exc
     sizes = {aliases[n][0]: a.nbytes for n, a in zip(output_names, arrays)}

@@ -18,7 +18,10 @@ S = cumsum(b), Z = cumsum(b > 0), B = cumsum(b log b), every KL_i costs O(L):
 where S_k, Z_k are group sums, g the group holding bin i - 1, r = b_{i-1} + tail, tail = T - S_i. The whole
 search is one (n - 127) x (L + 1) array computation: 2048 bins take a few milliseconds.
 
-Signed targets get [-t, t]; unsigned ones [min(min x, 0), t] (negative values, if any, are not clipped).
+Signed targets get [-t, t]; unsigned ones [0, t] when x >= 0. Two-sided values on an unsigned grid (a linear
+conv's output in u8) get [max(min x, -t), min(max x, t)] with t searched on the histogram of |x| at L / 2 levels:
+the grid spends about half its levels on each side, and searching x >= 0 alone at all L levels (what this did
+before) modelled a grid twice as fine as the real one and left the negative tail unclipped.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Self
 import numpy as np
 
 from qcompile.calibrators.base import State
-from qcompile.calibrators.histogram import DEFAULT_NUM_BINS, HistogramCalibratorBase
+from qcompile.calibrators.histogram import DEFAULT_NUM_BINS, Histogram, HistogramCalibratorBase
 from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,19 @@ def entropy_threshold(counts: np.ndarray, edges: np.ndarray, num_quant_bins: int
     return float(min(edges[cand[best]], maximum))
 
 
+def folded_magnitudes(hist: Histogram) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of |x| from a histogram of x: bin -k ([-k·w, -(k-1)·w)) holds |x| in ((k-1)·w, k·w],
+    which lands in |x|'s bin k - 1 (exact but for values on a bin edge)."""
+    zero = -hist.offset                      # position of bin 0
+    positive = hist.counts[zero:hist.used_bins] if hist.used_bins > zero else np.zeros(0, np.int64)
+    negative = hist.counts[:zero][::-1]      # bins -1, -2, ... -> |x| bins 0, 1, ...
+    size = max(positive.size, negative.size, 1)
+    counts = np.zeros(size, dtype=np.int64)
+    counts[:positive.size] += positive
+    counts[:negative.size] += negative
+    return counts, np.arange(size + 1, dtype=np.float64) * hist.bin_width
+
+
 class EntropyCalibrator(HistogramCalibratorBase):
     """KL-divergence threshold calibrator. ``samples_seen`` counts elements.
 
@@ -100,12 +116,19 @@ class EntropyCalibrator(HistogramCalibratorBase):
 
     def compute(self) -> TensorRange:
         hist = self._require_data()
+        if self.unsigned and hist.min < 0:
+            # two-sided values on an unsigned grid: the grid spans [lo, t], so half its levels serve each side;
+            # the search runs on |x| with half the levels and clips both tails at t
+            counts, edges = folded_magnitudes(hist)
+            t = entropy_threshold(counts, edges, self.num_quant_bins // 2, max(-hist.min, hist.max))
+            logger.debug("two-sided entropy threshold %g (data [%g, %g])", t, hist.min, hist.max)
+            return TensorRange(max(hist.min, -t), min(max(hist.max, 0.0), t))
         counts, edges = hist.nonnegative_part()
         t = entropy_threshold(counts, edges, self.num_quant_bins, max(hist.max, 0.0))
         logger.debug("entropy threshold %g (max %g, %d bins of width %g)", t, hist.max, counts.size,
                      hist.bin_width)
         if self.unsigned:
-            return TensorRange(min(hist.min, 0.0), t)
+            return TensorRange(0.0, t)
         return TensorRange(-t, t)
 
     def _config(self) -> State:

@@ -210,6 +210,11 @@ class HistogramCalibratorBase:
     def samples_seen(self) -> int:
         return self._hist.total
 
+    @property
+    def absolute(self) -> bool:
+        """Whether the histogram holds |x| (symmetric searches) rather than x."""
+        return self._absolute
+
     def update(self, batch: np.ndarray) -> None:
         x = float_array(batch)  # NaN/Inf survive abs, so Histogram.add rejects them
         self._hist = self._hist.add(np.abs(x) if self._absolute else x)

@@ -107,3 +107,22 @@ class MseCalibrator(HistogramCalibratorBase):
     @classmethod
     def _from_config(cls, state: State) -> Self:
         return cls(int(state["num_bits"]), symmetric=bool(state["symmetric"]), num_bins=int(state["num_bins"]))
+
+
+def expected_mse_of_range(counts: np.ndarray, edges: np.ndarray, lo: float, hi: float, levels: float,
+                          value_min: float | None = None, value_max: float | None = None) -> float:
+    """Mean expected quantisation error E(lo, hi) / sum n (module docstring) for any range, not only bin edges.
+
+    Each bin's values sit at its centre, clamped to the exact [value_min, value_max] when given, so that a
+    spike of values at the maximum (a saturating Clip) costs no clipping error for a range ending there."""
+    n = np.asarray(counts, dtype=np.float64)
+    total = n.sum()
+    if total == 0:
+        return 0.0
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    if value_min is not None and value_max is not None:
+        centres = np.clip(centres, value_min, value_max)
+    clipped = np.where(centres < lo, lo - centres, 0.0) + np.where(centres > hi, centres - hi, 0.0)
+    inside = n[(centres >= lo) & (centres <= hi)].sum()
+    step = (hi - lo) / levels
+    return float((np.sum(n * clipped ** 2) + step ** 2 / 12.0 * inside) / total)

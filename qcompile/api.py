@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -22,19 +22,33 @@ import onnx_graphsurgeon as gs
 
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
+from qcompile.accuracy.classifier import choose_classifier_precision, measures_classifier
+from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
+from qcompile.accuracy.latency_check import latency_check, not_faster, slow_cause
 from qcompile.calibrators import distributed
 from qcompile.calibrators.collector import collect_statistics
 from qcompile.config import CalibrationProvider, CompileConfig
-from qcompile.data import CalibrationSource, InputSpec, model_input_specs, open_calibration_source
-from qcompile.emitter import Emission, StatisticsRecorder
-from qcompile.errors import CalibrationDataError, ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
+from qcompile.data import CalibrationSource, model_input_specs
+from qcompile.data.spool import open_calibration
+from qcompile.data.holdout import split_holdout
+from qcompile.accuracy.fidelity_items import FidelityItems, fidelity_items, items_wanted
+from qcompile.data.kv_cache import detect_kv_cache
+from qcompile.data.readers import data_file_paths
+from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_divergence
+from qcompile.config.static_formats import static_format
+from qcompile.emitter import Emission, Emitter, StatisticsRecorder
+from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
 from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
                          write_text_atomic)
+from qcompile.graph.scopes import proto_graphs
+from qcompile.io.output_guard import OutputGuard
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
+from qcompile.passes.quantize.quantize_recurrent import float_kernel_by_design
 from qcompile.pipeline import build_steps
+from qcompile.progress import phase, progress_bar
 from qcompile.preparation import Preparation, prepare_compile
 from qcompile.report.compile_report import REPORT_VERSION, CompileReport, node_entries, pass_entries
 from qcompile.runtime_ext.fusion import FusionReport, check_fusion
@@ -51,13 +65,20 @@ CalibSource = str | Path | Iterable[Mapping[str, np.ndarray]]
 class CompileResult:
     model: onnx.ModelProto
     report: CompileReport
+    inputs: OutputGuard = field(default_factory=OutputGuard)   # the files the compile read
 
-    def save(self, path: str | Path, report_path: str | Path | None = None, *,
+    def save(self, path: str | Path, report_path: str | Path | None = None, *, overwrite: bool = False,
              protected: Iterable[Path] = ()) -> tuple[Path, Path]:
-        """Write the model and its JSON report atomically; nothing is left behind if either write fails."""
+        """Write the model and its JSON report atomically; nothing is left behind if either write fails.
+
+        Never onto a file the compile read (model, external data, calibration and eval files, ``protected``);
+        an existing file only with ``overwrite=True`` (qcompile/io/output_guard.py)."""
         path = Path(path)
         report_path = Path(report_path) if report_path else default_report_path(path)
-        protected = tuple(Path(p) for p in protected) + tuple(_input_paths(self.report))
+        guard = OutputGuard(self.inputs.reads, overwrite).reading("protected file", protected)
+        guard = guard.reading("input model", _input_paths(self.report))
+        guard.check([(path, "output model"), (report_path, "report")])
+        protected = guard.protected
         staging = StagedFiles()   # both files (and a data file) are renamed into place together, or none
         try:
             written = save_model(self.model, path, protected=protected, staging=staging)
@@ -90,34 +111,49 @@ def default_report_path(output_path: Path) -> Path:
     return output_path.with_name(f"{stem}.report.json")
 
 
-def _progress(total: int | None, desc: str, enabled: bool, unit: str):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm import tqdm
-    # disable=None: no bar when stderr is not a terminal (CI logs, pipes), so errors stay one clean line
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)
-
-
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
-                  progress: bool = False, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
+                  progress: bool = False, eval_data: Any = None, metric: Metric | None = None,
+                  guard: OutputGuard | None = None, outputs: Sequence[tuple[str | Path, str]] = ()) -> CompileResult:
     """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts).
 
     With ``config.accuracy_budget``, the most sensitive nodes fall back to float until the budget holds on
     ``eval_data`` (folder, .npz file or iterable of feed dicts; default: the first calibration items), and
     ``metric(fp32_outputs, quantised_outputs) -> float`` (lists of {output: array} per eval item, higher is
-    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py)."""
+    better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py).
+
+    ``outputs`` ((path, what) pairs the caller will save to) are checked by the output guard (``guard`` plus
+    every file this compile reads) as soon as those files are known, before any work."""
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
-    loaded = load_model(model)
-    check_input_model(loaded, config.custom_op_library)
+    with phase("load and check the model", progress):
+        loaded = load_model(model)
+        check_input_model(loaded, config.custom_op_library)
     with contextlib.ExitStack() as stack:
-        source = _open_calibration(calib, loaded.model, config, stack)
-        return _compile(loaded, source, config, progress, started, eval_data, metric)
+        source = open_calibration(calib, loaded.model, config, stack)
+        reads = _files_read(guard or OutputGuard(), loaded, source, eval_data)
+        reads.check(outputs)
+        held_out = None
+        if eval_data is None:   # honest fidelity: part of the folder is held out of calibration (holdout.py)
+            source, held_out = split_holdout(source, items_wanted(config))
+        result = _compile(loaded, source, config, progress, started,
+                          eval_data if eval_data is not None else held_out, metric)
+        return replace(result, inputs=reads)
+
+
+def _files_read(guard: OutputGuard, loaded: LoadedModel, source: CalibrationSource, eval_data: Any) -> OutputGuard:
+    folder = source.folder_files
+    guard = guard.reading("input model", [loaded.path] if loaded.path else [])
+    guard = guard.reading("external data file", loaded.external_data_files)
+    guard = guard.reading("calibration file", folder.paths if folder is not None else ())
+    return guard.reading("eval data file", data_file_paths(eval_data) if isinstance(eval_data, (str, Path)) else ())
 
 
 def check_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
     """Arguments that cannot work, found before any work: a missing extra or EP is a one-line error."""
+    if not isinstance(config, CompileConfig):
+        raise ConfigError(f"config must be a CompileConfig, not {type(config).__name__}"
+                          + ("; build one with CompileConfig.from_dict(...)" if isinstance(config, Mapping) else ""))
     check_budget_arguments(config, eval_data, metric)
     if config.calibration.workers is not None:
         distributed.require_ray()
@@ -143,58 +179,39 @@ def check_input_model(loaded: LoadedModel, custom_op_library: str | None = None)
         raise UnsupportedModelError(f"onnxruntime cannot load the input model {name}: {detail}") from None
 
 
-def _open_calibration(calib: CalibSource, model: onnx.ModelProto, config: CompileConfig,
-                      stack: contextlib.ExitStack) -> CalibrationSource:
-    """The calibration source; a one-shot iterator is first spooled to a temporary folder (closed by ``stack``)."""
-    specs = model_input_specs(model)
-    if _is_one_shot(calib):
-        calib = _spool_to_folder(calib, specs, config.calibration.num_samples,
-                                 Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qcompile-calib-"))))
-    return open_calibration_source(calib, specs, num_samples=config.calibration.num_samples,
-                                   image=config.calibration.image)
-
-
-def _is_one_shot(calib: object) -> bool:
-    return not isinstance(calib, (str, Path, bytes)) and hasattr(calib, "__next__") and iter(calib) is calib
-
-
-def _spool_to_folder(items, specs: list[InputSpec], cap: int | None, folder: Path) -> Path:
-    """A one-shot iterator is written item by item to .npz files, so it can be read several times
-    (ranges, then fidelity) with memory that does not grow with the number of items."""
-    for index, item in enumerate(items):
-        if cap is not None and index >= cap:
-            break
-        if not isinstance(item, Mapping):
-            if len(specs) != 1:
-                raise CalibrationDataError(f"calibration item {index} is a {type(item).__name__}, not a dict of "
-                                           "input name -> array")
-            item = {specs[0].name: item}
-        try:
-            arrays = {str(k): np.asarray(v) for k, v in item.items()}
-        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot convert
-            raise CalibrationDataError(f"calibration item {index}: not a numeric array ({exc})") from None
-        if any(a.dtype == object for a in arrays.values()):
-            raise CalibrationDataError(f"calibration item {index} holds non-numeric (object) arrays")
-        np.savez(folder / f"item_{index:08d}.npz", **arrays)
-    return folder
-
-
 def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConfig, progress: bool,
              started: float, eval_data: Any = None, metric: Metric | None = None) -> CompileResult:
     """calibrate → emit → analyse (and fall back) → verify → report, on a checked model and an open source."""
     prepared = prepare_compile(loaded.model, config)      # target defaults, opset
-    baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress)
-    analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
-                               calibration=source, baseline=baseline, recorder=recorder, collect=collect,
-                               export=_export, eval_data=eval_data, metric=metric)
+    measure_classifier = measures_classifier(prepared.config)
+    with phase("calibrate and emit", progress):
+        baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress, reuse=measure_classifier)
+    classifier = None
+    if measure_classifier:   # the same compile with the classifier int8, measured against it (accuracy/classifier.py)
+        with phase("classifier precision", progress):
+            int8 = dataclasses.replace(prepared.config, quantize_classifier=True)
+            choice = choose_classifier_precision(
+                reference=loaded.model, kept_float=baseline, calibration=source, settings=prepared.config.classifier,
+                int8_emitter=Emitter(prepared.model, int8, prepared.profile, recorder.wrap(collect), _export))
+            baseline, classifier = choice.emission, choice.report
+    with phase("per-layer analysis and fallback", progress and _analyses(config)):
+        analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
+                                   calibration=source, baseline=baseline, recorder=recorder, collect=collect,
+                                   export=_export, eval_data=eval_data, metric=metric)
     final = analysis.emission if analysis is not None else baseline
-    verification = _verify(loaded, final, prepared.profile, source)
+    with phase("verify (ORT fusions, fidelity, latency)", progress):
+        verification = _verify(loaded, final, prepared.profile,
+                               fidelity_items(loaded.model, source, eval_data, config))
     return CompileResult(model=final.model, report=_report(loaded, source, prepared, final, verification,
-                                                           analysis, time.perf_counter() - started))
+                                                           analysis, time.perf_counter() - started, classifier))
 
 
-def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
-                        progress: bool) -> tuple[Emission, StatisticsRecorder, Collector]:
+def _analyses(config: CompileConfig) -> bool:
+    return config.accuracy_budget is not None or config.analysis.layers.value != "none"
+
+
+def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource, progress: bool,
+                        reuse: bool = False) -> tuple[Emission, StatisticsRecorder, Collector]:
     """The pipeline's steps on the prepared model, statistics gathered on ``source`` (or Ray workers)."""
     config = prepared.config
     try:
@@ -206,19 +223,20 @@ def _calibrate_and_emit(prepared: Preparation, source: CalibrationSource,
         ctx.warnings.append(prepared.opset_note)
 
     steps = build_steps(config)
-    recorder = StatisticsRecorder(reuse=config.accuracy_budget is not None)
+    recorder = StatisticsRecorder(reuse=reuse or config.accuracy_budget is not None)
     memory_budget_bytes = config.calibration.memory_budget_mb << 20
-    with _progress(len(steps), "compile", progress, "step") as bar, \
+    with progress_bar(len(steps), "compile", progress, "step") as bar, \
             distributed.connect(config.calibration.workers) as cluster:
         def collect(g: gs.Graph, requests):
-            with _progress(source.num_samples, "calibrate", progress, "sample") as calib_bar:
+            with progress_bar(source.num_samples, "calibrate", progress, "sample") as calib_bar:
                 if cluster is not None:  # shards on Ray workers, merged here
                     return distributed.collect_distributed(g, requests, source, cluster, progress=calib_bar,
                                                            memory_budget_bytes=memory_budget_bytes)
                 return collect_statistics(g, requests, source, progress=calib_bar,
                                           memory_budget_bytes=memory_budget_bytes,
                                           providers=config.calibration.provider.ort_providers,
-                                          custom_op_library=config.custom_op_library)
+                                          custom_op_library=config.custom_op_library,
+                                          sample_time_limit_s=config.calibration.sample_time_limit_s)
 
         records = run_steps(graph, steps, ctx, recorder.wrap(collect),
                             on_step=(lambda _s: bar.update(1)) if bar else None)
@@ -233,29 +251,69 @@ class Verification:
     quantized: tuple[str, ...]
     fusion: FusionReport | None
     fidelity: Mapping[str, Any]
+    latency: Mapping[str, Any]
 
 
-def _verify(loaded: LoadedModel, emission: Emission, profile, source: CalibrationSource) -> Verification:
-    """Warn about what stayed float, check ORT's fusions, and measure fidelity on the calibration items."""
+def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: FidelityItems) -> Verification:
+    """Warn about what stayed float, check ORT's fusions, and measure fidelity on held-out items if there are."""
     ctx, config = emission.ctx, emission.config
     quantized_names = [n for n, d in ctx.decisions.items() if d.status is NodeStatus.QUANTIZED]
     if not quantized_names:
         skipped = [d for d in ctx.decisions.values() if d.status is NodeStatus.SKIPPED]
         _warn(ctx, "no node was quantised: " + (
-            f"{len(skipped)} compute node(s) skipped, see nodes[].reason" if skipped
-            else "the graph has no Conv/ConvTranspose/MatMul/Gemm with a constant weight"))
+            f"{len(skipped)} compute node(s) skipped (e.g. {skipped[0].name}: {skipped[0].reason}), see "
+            "nodes[].reason" if skipped
+            else "the graph has no Conv/ConvTranspose/MatMul/Gemm/LSTM/GRU/RNN with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
-    fusion = check_fusion(emission.model, quantized_names) \
-        if quantized_names and profile.cpu_fusion_check and config.custom_op_library is None else None
+    # a recurrent node with DequantizeLinear weights runs its float kernel by design: nothing to fuse
+    integer_names = [n for n in quantized_names if not float_kernel_by_design(ctx.decisions[n])]
+    fusion = check_fusion(emission.model, integer_names) \
+        if integer_names and profile.cpu_fusion_check and config.custom_op_library is None else None
     if fusion is not None and fusion.unfused:
         _warn(ctx, f"{len(fusion.unfused)} quantised node(s) stayed float in ORT: {list(fusion.unfused)[:5]}")
     for pair in (fusion.unfused_qdq_pairs if fusion is not None else ()):
         _warn(ctx, f"Q/DQ pair left unfused by ORT (slower than FP32): {pair}")
+    if static_format(config.preset) is not None:   # no fused kernel: ORT must compute the graph as written
+        _check_optimizer(ctx, emission.model, evaluation.items, config.custom_op_library)
     # a model over 2 GB is read by ORT from its own files rather than copied from memory once more
     large_on_disk = loaded.path is not None and loaded.size_bytes > LARGE_MODEL_BYTES
-    fidelity = measure_fidelity(Path(loaded.path) if large_on_disk else loaded.model, emission.model, source,
-                                config.fidelity_samples, custom_op_library=config.custom_op_library)
-    return Verification(tuple(quantized_names), fusion, fidelity)
+    reference = Path(loaded.path) if large_on_disk else loaded.model
+    fidelity = measure_fidelity(reference, emission.model, evaluation.items, config.fidelity_samples,
+                                custom_op_library=config.custom_op_library,
+                                sample_time_limit_s=config.calibration.sample_time_limit_s)
+    if fidelity.get("items"):
+        fidelity = {**fidelity, "source": evaluation.source, "held_out": evaluation.held_out}
+    layout = detect_kv_cache(loaded.model)
+    if layout is not None and config.fidelity_samples:   # teacher-forced logits are not enough for a decoder
+        fidelity = {**fidelity, "decode": measure_decode(reference, emission.model, layout, evaluation.items,
+                                                         custom_op_library=config.custom_op_library)}
+    latency = _check_latency(loaded, emission, profile, evaluation, fusion) if config.latency_check else \
+        {"skipped": "latency_check is off"}
+    return Verification(tuple(quantized_names), fusion, fidelity, latency)
+
+
+def _check_latency(loaded: LoadedModel, emission: Emission, profile, evaluation: FidelityItems,
+                   fusion: FusionReport | None) -> dict[str, Any]:
+    feed = next(iter(evaluation.items), None)
+    latency = latency_check(loaded.model, emission.model, feed, custom_op_library=emission.config.custom_op_library,
+                            cpu_target=profile.providers[0] == "CPUExecutionProvider" and not profile.float16)
+    if not_faster(latency):
+        cause = slow_cause(len(fusion.unfused) if fusion else 0, len(fusion.unfused_qdq_pairs) if fusion else 0,
+                           profile.cpu)
+        _warn(emission.ctx, f"the quantised model is not faster than FP32 ({latency['ratio']:.2f}x its latency, "
+                            f"batch {latency['batch']}, 1 thread); likely cause: {cause}")
+    return latency
+
+
+def _check_optimizer(ctx: PassContext, model: onnx.ModelProto, source: Iterable,
+                     custom_op_library: str | None) -> None:
+    """Warn where ORT's graph optimiser changes the outputs (qcompile/accuracy/optimizer_check.py)."""
+    divergence, problem = optimizer_divergence(model, source, custom_op_library=custom_op_library)
+    if problem:
+        _warn(ctx, f"could not compare ORT's optimised and unoptimised runs: {problem}")
+    elif divergence is not None and divergence > DIVERGENCE_TOLERANCE:
+        _warn(ctx, f"ORT's graph optimiser changes this model's outputs by {divergence:.3g} (relative L2): "
+                   "the model as written and ORT_ENABLE_ALL disagree")
 
 
 def _warn(ctx: PassContext, message: str) -> None:
@@ -264,7 +322,8 @@ def _warn(ctx: PassContext, message: str) -> None:
 
 
 def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparation, final: Emission,
-            verification: Verification, analysis: Outcome | None, seconds: float) -> CompileReport:
+            verification: Verification, analysis: Outcome | None, seconds: float,
+            classifier: Mapping[str, Any] | None = None) -> CompileReport:
     ctx, config, fusion = final.ctx, final.config, verification.fusion
     output_bytes = model_size_bytes(final.model)
     return CompileReport({
@@ -283,6 +342,7 @@ def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparatio
             "compile_seconds": seconds,
         },
         "fidelity": verification.fidelity,
+        "latency": verification.latency,
         "nodes": node_entries(ctx.decisions, dict(fusion.node_kernels) if fusion else {},
                               fusion.unfused if fusion else ()),
         "tensor_ranges": ctx.tensor_ranges,
@@ -291,6 +351,7 @@ def _report(loaded: LoadedModel, source: CalibrationSource, prepared: Preparatio
         "warnings": list(ctx.warnings),
         "layers": analysis.layers if analysis else None,
         "fallback": analysis.fallback if analysis else None,
+        "classifier": classifier,
     })
 
 
@@ -313,7 +374,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model.producer_version = __version__
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
-    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+    if any(n.domain == "com.microsoft" for g in proto_graphs(model.graph) for n in g.node) and \
             not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.add(domain="com.microsoft", version=1)   # contrib ops (MatMulNBits, ...)
     del model.metadata_props[:]

@@ -42,6 +42,7 @@ INTEGER_KERNELS: frozenset[str] = frozenset(
         "MatMulInteger",
         "MatMulIntegerToFloat",
         "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
         "QGemm",
         "QLinearAdd",
         "QLinearMul",

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 from qcompile.config import (CompileConfig, CpuFeatures, LayerAnalysis, Preset, Target, TargetProfile,
-                             WeightOnlyForm)
+                             WeightOnlyConfig, WeightOnlyForm)
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
 from qcompile.runtime_ext.cpu_features import detect_cpu_features
@@ -137,6 +137,13 @@ def apply_target_defaults(config: CompileConfig, profile: TargetProfile) -> tupl
         notes.append(f"target {profile.target.value}: static INT8 runs as float plus Q/DQ on "
                      f"{profile.providers[0]}, so the {Preset.W8A8.value} preset became "
                      f"{profile.default_weight_only.value} (weight-only)")
+    if config.preset.weight_only_bits is None and config.weight_only != WeightOnlyConfig():
+        # weight-only settings on a static INT8 compile would be ignored without a word
+        changed = [f.name for f in dataclasses.fields(WeightOnlyConfig)
+                   if getattr(config.weight_only, f.name) != getattr(WeightOnlyConfig(), f.name)]
+        raise ConfigError(f"weight-only setting(s) {', '.join(changed)} apply to the weight-only presets only; add "
+                          f"--preset {Preset.W4A16.value} or {Preset.W8A16.value} (the {config.preset.value} preset "
+                          "quantises weights and activations statically)")
     if config.preset.weight_only_bits is not None and config.weight_only.form is WeightOnlyForm.AUTO \
             and profile.weight_only_form is not WeightOnlyForm.AUTO:
         config = dataclasses.replace(config, weight_only=dataclasses.replace(

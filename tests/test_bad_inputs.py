@@ -52,6 +52,8 @@ class Case:
     prelude: str = ""                            # python run before the CLI in a subprocess (fault injection)
     send_signal: int | None = None               # sent once the prelude touches MARKER
     usage_error: bool = False                    # click's own usage error block ("Usage: ... Error: ...")
+    tail: tuple[str, ...] = ("--no-progress",)   # appended to the arguments (the tools have no --no-progress)
+    launcher: bool = False                       # run through the console script's launcher (start-up signals)
 
 
 @dataclass
@@ -95,9 +97,18 @@ from qcompile.cli import main
 main(sys.argv[1:], prog_name="qcompile")
 """
 
+_LAUNCHER = """
+import sys
+import qcompile_launcher
+sys.argv[0] = "qcompile"
+qcompile_launcher.main()
+"""
+
+MAX_ERROR_LINE = 300 + len("error: ")   # cli/main.py's MESSAGE_LIMIT
+
 
 def _run_subprocess(case: Case, args: list[str], marker: Path) -> tuple[int, str, str]:
-    code = f"MARKER = {str(marker)!r}\n" + case.prelude + _RUNNER
+    code = f"MARKER = {str(marker)!r}\n" + case.prelude + (_LAUNCHER if case.launcher else _RUNNER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=str(REPO))
@@ -116,10 +127,10 @@ def run_case(case: Case, folder: Path) -> Outcome:
     root = folder / "case"
     root.mkdir(parents=True)
     marker = folder / "marker"
-    args = [str(a) for a in case.build(root)] + ["--no-progress"]
+    args = [str(a) for a in case.build(root)] + list(case.tail)
     before = _snapshot(root)
     start = time.perf_counter()
-    if case.prelude or case.send_signal is not None:
+    if case.prelude or case.send_signal is not None or case.launcher:
         code, out, err = _run_subprocess(case, args, marker)
     else:
         from click.testing import CliRunner
@@ -150,6 +161,7 @@ def assert_outcome(case: Case, outcome: Outcome, folder: Path) -> None:
             assert lines and lines[-1].startswith("Error: "), outcome.stderr
         else:
             assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr
+            assert len(lines[0]) <= MAX_ERROR_LINE, f"error line of {len(lines[0])} characters"
         assert case.message in outcome.line, (case.message, outcome.line)
         return
     root = folder / "case"
@@ -673,10 +685,176 @@ def _fifo_output(root: Path) -> list:
     return args + ["-o", root / "pipe.onnx"]
 
 
+
+# -- issue 20: file damage, limits, internal errors, signals, silent wrongs
+
+
+def _onto_calib_file(flag: str) -> Callable[[Path], list]:
+    return lambda r: _cnn_args(r, flag, r / "calib" / "s0.npz")
+
+
+def _recipe_as_output(root: Path) -> list:
+    recipe = root / "recipe.toml"
+    recipe.write_text("[calibration]\nnum_samples = 4\n", encoding="utf-8")
+    return _cnn_args(root, "--config", recipe, "-o", recipe)
+
+
+def _eval_file_as_report(root: Path) -> list:
+    args = _cnn_args(root)
+    folder = root / "eval"
+    folder.mkdir()
+    np.savez(folder / "e0.npz", input=_image(5))
+    return args + ["--eval-data", folder, "--report", folder / "e0.npz"]
+
+
+def _external_file_as_output(root: Path) -> list:
+    # --overwrite: without it the existing w.bin is refused before the model (and its data files) is read
+    return _external("w.bin")(root) + ["-o", root / "w.bin", "--overwrite"]
+
+
+def _existing_output(root: Path) -> list:
+    args = _cnn_args(root)
+    (root / "model.qdq.onnx").write_bytes(b"an earlier result")
+    return args
+
+
+def _npy_header_only(shape: tuple[int, ...]) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+def _npz_header_only(name: str, shape: tuple[int, ...]) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr(f"{name}.npy", _npy_header_only(shape))
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (no image data: only the header is ever read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def _png16_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _float_mlp(dtype: np.dtype, onnx_type: int) -> Callable[[Path], list]:
+    def build(root: Path) -> list:
+        model = _mlp()
+        for t in model.graph.initializer:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name))
+        for v in (*model.graph.input, *model.graph.output):
+            v.type.tensor_type.elem_type = onnx_type
+        feeds = [{"x": np.random.default_rng(i).standard_normal((2, 8)).astype(dtype)} for i in range(N_CALIB)]
+        return _graph_case(root, model, feeds, "--quantize-classifier")
+    return build
+
+
+def _ir3_model() -> onnx.ModelProto:
+    model = _mlp(opset=9)
+    model.ir_version = 3
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims))
+                             for t in model.graph.initializer)
+    return model
+
+
+def _sparse_weight_model() -> onnx.ModelProto:
+    model = _mlp()
+    dense = numpy_helper.to_array(model.graph.initializer[0])
+    model.graph.initializer.remove(model.graph.initializer[0])
+    index = np.flatnonzero(dense).astype(np.int64)
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+        numpy_helper.from_array(dense.reshape(-1)[index], "w0"), numpy_helper.from_array(index, "w0_index"),
+        list(dense.shape)))
+    return model
+
+
+def _endless_loop_model() -> onnx.ModelProto:
+    """x -> Loop(trip count INT64_MAX, body: v + 1) -> MatMul -> y: one run never ends."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v", "one"], ["v_next"]), helper.make_node("Identity", ["cond"], ["cond_next"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_next", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_next", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((1, 8), np.float32), "one")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "go", "x"], ["looped"], body=body, name="loop"),
+         helper.make_node("MatMul", ["looped", "w"], ["y"], name="fc")], "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.full((8, 4), 0.1, np.float32), "w"),
+         numpy_helper.from_array(np.array(2**63 - 1, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _dynamic_image_model(root: Path) -> list:
+    model = onnx.load_from_string(_tiny_cnn())
+    for index, name in ((2, "height"), (3, "width")):
+        model.graph.input[0].type.tensor_type.shape.dim[index].dim_param = name
+    args = _cnn_calib(root, {"a.png": _png_bytes()})
+    (root / "model.onnx").write_bytes(model.SerializeToString())
+    return args
+
+
+def _report_file(root: Path, data: object) -> Path:
+    report = root / "r.json"
+    report.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return report
+
+
+def _report_over_model(root: Path) -> list:
+    model, _ = _cnn(root)
+    return ["report", _report_file(root, {"summary": {}, "input": {"path": str(model)}}), "-o", model]
+
+
+def _compare_different_inputs(root: Path) -> list:
+    args = _graph_case(root, _mlp())
+    other = _mlp()
+    other.graph.input[0].name = "z"
+    other.graph.node[0].input[0] = "z"
+    (root / "other.onnx").write_bytes(other.SerializeToString())
+    return ["compare", root / "model.onnx", root / "other.onnx", "--data", args[2]]
+
+
+_SLOW_IMPORT = """
+import pathlib, sys, time
+class _SlowImport:  # the compiler's imports take 60 s, so a signal lands inside them
+    def find_spec(self, name, path=None, target=None):
+        if name == "qcompile":
+            pathlib.Path(MARKER).touch()
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, _SlowImport())
+"""
+
+
+def _startup(root: Path) -> list:
+    return _cnn_args(root)
+
 # ------------------------------------------------------------------------------------------------ the cases
 
-M, D, G, C, F, O, S = ("model file", "model data/structure", "graph edge case", "calibration data", "config/flags",
-                       "output path", "interrupt/fault")
+M, D, G, C, F, O, S, T = ("model file", "model data/structure", "graph edge case", "calibration data",
+                          "config/flags", "output path", "interrupt/fault", "tools (report, compare)")
 GIB = 1 << 30
 
 CASES: list[Case] = [
@@ -758,7 +936,7 @@ CASES: list[Case] = [
     Case(D, "IR version too new", "ir_version=99", _mutated(lambda m: _set(m, ir_version=99)),
          message="ir_version 99 is higher"),
     Case(D, "opset too new", "ai.onnx opset 99", _mutated(lambda m: _set(m.opset_import[0], version=99)),
-         message="Opset 99"),
+         message="official support for domain ai.onnx"),
     Case(D, "no opset import", "opset_import empty", _mutated(lambda m: m.ClearField("opset_import")),
          message="must specify opset_import"),
     Case(D, "type mismatch", "int32 weight on a float MatMul", _mutated(lambda m: m.graph.initializer[0].CopyFrom(
@@ -868,8 +1046,9 @@ CASES: list[Case] = [
     Case(C, "float16 data", "float16 arrays for a float32 input (cast)",
          lambda r: _cnn_calib(r, {"a.npz": {"input": _image().astype(np.float16)}}), exit_code=0, message="wrote",
          check=_samples(1)),
-    Case(C, "--num-samples beyond the data", "--num-samples 100000 with 4 samples",
-         lambda r: _cnn_args(r, "--num-samples", "100000"), exit_code=0, message="wrote", check=_samples(N_CALIB)),
+    Case(C, "--num-samples beyond the data", "--num-samples 100000 with 4 samples (1 held out for fidelity)",
+         lambda r: _cnn_args(r, "--num-samples", "100000"), exit_code=0, message="wrote",
+         check=_samples(N_CALIB - 1)),
     # -- configuration and flags
     Case(F, "unknown TOML key", "[activation] symetric = true", lambda r: _recipe(r, "[activation]\nsymetric = true\n"),
          message="symetric"),
@@ -938,6 +1117,64 @@ CASES: list[Case] = [
          lambda r: _cnn_args(r), message="No space left on device", prelude=_disk_full(".onnx")),
     Case(S, "disk full writing the report", "ENOSPC on the report after the model was written",
          lambda r: _cnn_args(r), message="No space left on device", prelude=_disk_full(".report.json")),
+    # -- issue 20: never damage a user's files (the output guard), never mislead
+    Case(O, "output onto a calibration file", "-o calib/s0.npz", _onto_calib_file("-o"),
+         message="refusing to overwrite the calibration file"),
+    Case(O, "report onto a calibration file", "--report calib/s0.npz", _onto_calib_file("--report"),
+         message="refusing to overwrite the calibration file"),
+    Case(O, "output onto the recipe", "--config recipe.toml -o recipe.toml", _recipe_as_output,
+         message="refusing to overwrite the recipe"),
+    Case(O, "report onto an eval data file", "--eval-data eval/ --report eval/e0.npz", _eval_file_as_report,
+         message="refusing to overwrite the eval data file"),
+    Case(O, "output onto the model's external data", "-o w.bin --overwrite (the model's external data file)",
+         _external_file_as_output, message="refusing to overwrite the external data file"),
+    Case(O, "existing output without --overwrite", "model.qdq.onnx already there", _existing_output,
+         message="exists; pass --overwrite"),
+    Case(M, "external data: the model file itself", "location=model.onnx", _external("model.onnx"),
+         message="is the model file itself"),
+    Case(C, ".npy header claiming 12 GB", "a.npy header [1000000, 3, 32, 32] float32",
+         lambda r: _cnn_calib(r, {"a.npy": _npy_header_only((1_000_000, 3, 32, 32))}), message="over the limit"),
+    Case(C, ".npz header claiming 12 GB", "a.npz whose input.npy header is [1000000, 3, 32, 32]",
+         lambda r: _cnn_calib(r, {"a.npz": _npz_header_only("input", (1_000_000, 3, 32, 32))}),
+         message="over the limit"),
+    Case(C, "image header claiming 144 M pixels", "a PNG header of 12000 x 12000 (decompression bomb)",
+         lambda r: _cnn_calib(r, {"a.png": _png_header(12000, 12000)}), message="over the limit"),
+    Case(C, "16-bit PNG", "a 16-bit grayscale PNG for the RGB model (range kept: x / 65535)",
+         lambda r: _cnn_calib(r, {"a.png": _png16_bytes()}), exit_code=0, message="wrote"),
+    Case(C, "images for a model without fixed height/width", "PNG for input [N, 3, height, width]",
+         _dynamic_image_model, message="--image-size"),
+    Case(C, "a sample that never ends", "Loop with trip count INT64_MAX (--sample-time-limit 1)",
+         lambda r: _graph_case(r, _endless_loop_model(), None, "--sample-time-limit", "1", "--quantize-classifier"),
+         message="per-sample limit"),
+    Case(F, "--image-size too large", "--image-size 60000", lambda r: _cnn_args(r, "--image-size", "60000"),
+         message="over the limit"),
+    Case(F, "empty --calib", "--calib ''", lambda r: [_cnn(r)[0], "--calib", ""], message="--calib is empty"),
+    Case(F, "--algorithm without a weight-only preset", "--algorithm awq (preset w8a8)",
+         lambda r: _cnn_args(r, "--algorithm", "awq"), message="apply to the weight-only presets only"),
+    Case(F, "error text over 300 characters", "--exclude with a 5,000-character name",
+         lambda r: _cnn_args(r, "--exclude", "x" * 5000), message="matches no node"),
+    Case(G, "float16 model", "every tensor float16 (static INT8 needs float32)", _float_mlp(np.float16,
+         TensorProto.FLOAT16), exit_code=0, message="activation input is float16", check=_nothing_quantized),
+    Case(G, "float64 model", "every tensor float64", _float_mlp(np.float64, TensorProto.DOUBLE), exit_code=0,
+         message="activation input is float64", check=_nothing_quantized),
+    Case(G, "IR 3 model, initializers as graph inputs", "ir_version 3, opset 9, weights listed in graph.input",
+         lambda r: _graph_case(r, _ir3_model()), exit_code=0, message="wrote", check=_quantized(1)),
+    Case(G, "sparse initializer", "fc0's weight as a SparseTensorProto",
+         lambda r: _graph_case(r, _sparse_weight_model()), exit_code=0, message="wrote", check=_quantized(1)),
+    Case(T, "report -o onto the model it describes", "qcompile report r.json -o model.onnx", _report_over_model,
+         message="refusing to overwrite the model", tail=()),
+    Case(T, "report with wrong field types", '{"summary": {}, "nodes": "x"}',
+         lambda r: ["report", _report_file(r, {"summary": {}, "nodes": "x"})], message="report.nodes must be an array",
+         tail=()),
+    Case(T, "report nested 100,000 deep", '{"summary": {}, "x": [[[[...]]]]}',
+         lambda r: ["report", _report_file(r, '{"summary": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")],
+         message="nests arrays or objects deeper", tail=()),
+    Case(T, "compare models with different inputs", "reference takes x, candidate takes z",
+         _compare_different_inputs, message="take different inputs", tail=()),
+    Case(S, "SIGHUP while saving", "SIGHUP (terminal closed) mid-save", lambda r: _cnn_args(r), exit_code=129,
+         message="hung up; nothing was written", prelude=_SLOW_SAVE, send_signal=signal.SIGHUP),
+    Case(S, "Ctrl-C during start-up", "SIGINT while the compiler's modules import", _startup, exit_code=130,
+         message="interrupted during start-up", prelude=_SLOW_IMPORT, send_signal=signal.SIGINT, launcher=True),
 ]
 
 
@@ -946,7 +1183,7 @@ CASES: list[Case] = [
 
 def test_at_least_30_classes_over_every_bullet():
     assert len({c.name for c in CASES}) == len(CASES) >= 30
-    assert {c.group for c in CASES} == {M, D, G, C, F, O, S}
+    assert {c.group for c in CASES} == {M, D, G, C, F, O, S, T}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[re.sub(r"\W+", "-", c.name).strip("-") for c in CASES])

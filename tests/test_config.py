@@ -36,7 +36,7 @@ def test_defaults():
     assert config.weight.dtype is QuantDType.INT8
     assert config.weight.symmetric is True
     assert config.weight.granularity is Granularity.CHANNEL
-    assert config.op_types == DEFAULT_OP_TYPES == ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    assert config.op_types == DEFAULT_OP_TYPES == ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
     assert config.exclude == () and config.overrides == ()
     assert config.quantize_classifier is False
     assert config.target is Target.CPU

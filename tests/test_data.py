@@ -167,7 +167,7 @@ def test_image_folder_needs_size_and_single_float_input(tmp_path):
     folder = tmp_path / "img"
     folder.mkdir()
     _png(folder / "a.png", np.zeros((4, 4, 3), np.uint8))
-    _raises(folder, [InputSpec("image", np.float32, ("N", 3, "H", "W"))], "image size")
+    _raises(folder, [InputSpec("image", np.float32, ("N", 3, "H", "W"))], "--image-size")
     _raises(folder, TWO, "one float input of rank 4")
     _raises(folder, [InputSpec("image", np.float32, ("N", 4, 4, 4))], "channels")
 

@@ -103,7 +103,6 @@ def test_an_unreachable_budget_is_an_error():
 
 @pytest.mark.parametrize("kwargs, config, message", [
     ({"metric": lambda r, q: 1.0}, CompileConfig(), "used by an accuracy budget"),
-    ({"eval_data": outlier_samples(2, 1)}, CompileConfig(), "used by an accuracy budget"),
     ({}, CompileConfig(accuracy_budget=AccuracyBudget(min_metric=0.5)), "needs a metric function"),
 ])
 def test_inconsistent_budget_arguments_are_config_errors(kwargs, config, message):
@@ -118,7 +117,7 @@ def test_top1_budget_needs_logits():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": np.random.default_rng(i).uniform(0, 1, (1, 3, 4, 4)).astype(np.float32)} for i in range(4)]
-    with pytest.raises(ConfigError, match="rank-2 logits"):
+    with pytest.raises(ConfigError, match="needs a class-score"):
         compile_model(model, feeds, CompileConfig(accuracy_budget=AccuracyBudget(min_top1_agreement=0.9)))
 
 
@@ -224,8 +223,12 @@ def test_cli_budget_flags(tmp_path):
     assert report["fallback"]["nodes"][0]["name"] == SENSITIVE_NODE
     assert report["config"]["accuracy_budget"]["min_cosine"] == 0.9999
 
-    for args, message in ((["--eval-data", str(eval_npz)], "used by an accuracy budget"),
-                          (["--eval-samples", "4"], "--eval-samples needs a budget"),
+    alone = runner.invoke(main, [str(model_path), "--calib", str(calib), "-o", str(tmp_path / "e.onnx"),
+                                 "--no-progress", "--eval-data", str(eval_npz)])   # no budget: fidelity only
+    assert alone.exit_code == 0 and "on 8 held-out items" in alone.output, alone.output
+    fidelity = json.loads((tmp_path / "e.report.json").read_text())["fidelity"]
+    assert fidelity["held_out"] is True and fidelity["items"] == 8 and "eval.npz" in fidelity["source"]
+    for args, message in ((["--eval-samples", "4"], "--eval-samples needs a budget"),
                           (["--min-cosine", "3"], "min_cosine must be in")):
         failed = runner.invoke(main, [str(model_path), "--calib", str(calib), "-o", str(tmp_path / "x.onnx"),
                                       "--no-progress", *args])

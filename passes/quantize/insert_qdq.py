@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import Granularity, QuantSpec
 from qcompile.graph.edits import replace_uses
-from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, WEIGHT_INPUT
+from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, RECURRENT_OPS, WEIGHT_INPUT
 from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
@@ -109,6 +109,8 @@ def plan_quantization(graph: gs.Graph, selections: dict[str, NodeSelection], pro
 
     for node in graph.nodes:
         selection = selections.get(node.name)
+        if node.op in RECURRENT_OPS:
+            continue           # QuantizeRecurrentPass's (weights only, no activation Q/DQ)
         if selection is None or not selection.selected:
             if selection is not None and node.op in _WEIGHT_INPUT:
                 skipped[node.name] = (node.op, selection.reason)
@@ -164,6 +166,15 @@ def _add_residual_points(graph: gs.Graph, nodes: dict, profile, add_point) -> No
                 add_point(other, nodes[producer.name][1].activation, add.name, integer_producer=False)
 
 
+def format_label(activation: QuantDType, weight: QuantDType) -> str:
+    """The decision's reason: "static int8" for 8-bit integers, else the element types ("static fp8")."""
+    if activation.is_float and weight.is_float:
+        return "static fp8"
+    if activation.bits == weight.bits == 8:
+        return "static int8"
+    return f"static {weight.value} weights, {activation.value} activations"
+
+
 def _mean_request(tensor_name: str, op: str) -> StatRequest:
     return StatRequest(tensor=tensor_name, kind=StatKind.CHANNEL_MEAN, axis=1 if op == "Conv" else -1)
 
@@ -194,9 +205,11 @@ class InsertQDQPass(CalibratedPass):
                                       classifier_rule=self._classifier_rule)
             self._plan = plan_quantization(graph, selections, ctx.target,
                                            activation_matmuls=ctx.config.quantize_activation_matmuls)
-            # learned rounding in the main graph only (body tensors are calibrated stacked over iterations)
-            self._rounding = plan_rounding([] if self._subgraph else [n for n, _, _ in self._plan.nodes.values()],
-                                           ctx.config)
+            # learned rounding of integer weights (not float8) in the main graph only (body tensors are
+            # calibrated stacked over iterations)
+            self._rounding = plan_rounding([] if self._subgraph else [
+                n for n, selection, _ in self._plan.nodes.values() if not selection.weight.dtype.is_float],
+                ctx.config)
         return self._plan
 
     def stat_requests(self, graph: gs.Graph, ctx: PassContext):
@@ -224,7 +237,8 @@ class InsertQDQPass(CalibratedPass):
             stats["activation_qdq"] += 1
         self._quantize_weights(graph, plan, ctx, act_params, node_input, stats)
         for name in plan.activation_matmuls:
-            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED, "static int8, activation x activation",
+            ctx.decide(NodeDecision(name, "MatMul", NodeStatus.QUANTIZED,
+                                    f"{format_label(act_dtype, act_dtype)}, activation x activation",
                                     {"activation_dtype": act_dtype.value}))
             stats["quantized_activation_matmul"] += 1
         for name, (op, reason) in plan.skipped.items():
@@ -281,7 +295,8 @@ class InsertQDQPass(CalibratedPass):
             rounding: dict = {}
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
-                                                           profile.reduce_range, bias, x_params,
+                                                           profile.reduce_range,
+                                                           bias if profile.quantize_bias else None, x_params,
                                                            copy=sum(k[0] == weight.name for k in weight_cache),
                                                            round_codes=self._round_codes(node, ctx, correct, rounding))
                 stats["learned_rounding"] += rounding.get("rounding") == "learned"
@@ -305,7 +320,8 @@ class InsertQDQPass(CalibratedPass):
                 else:   # the runtime quantises the bias itself (TensorRT)
                     node.inputs[b_index] = bias
                     detail["bias"] = "float"
-            ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED, "static int8", detail))
+            ctx.decide(NodeDecision(name, node.op, NodeStatus.QUANTIZED,
+                                    format_label(act_dtype, selection.weight.dtype), detail))
             stats["quantized"] += 1
             stats[f"quantized_{node.op}"] += 1
 

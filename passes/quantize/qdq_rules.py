@@ -40,6 +40,23 @@ def weight_axis(node: gs.Node, weight: np.ndarray, profile) -> int | None:
     return None
 
 
+def _dtype_name(dtype: object) -> str:
+    try:
+        return str(np.dtype(dtype))
+    except TypeError:
+        return str(dtype)
+
+
+def _is_other_float(dtype: object) -> bool:
+    """A floating type other than float32 (float16, float64, or an ONNX float numpy lacks such as bfloat16)."""
+    if dtype is None:
+        return False
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return "float" in str(dtype).lower()
+
+
 def is_activation_matmul(node: gs.Node) -> bool:
     """A MatMul of two float activations (no constant weight)."""
     return node.op == "MatMul" and len(node.inputs) == 2 and all(
@@ -58,6 +75,10 @@ def unsupported_reason(node: gs.Node) -> str:
             return "activation x activation MatMul (no constant weight)"
         return "weight is not a constant"
     if not isinstance(node.inputs[0], gs.Variable) or not is_float_tensor(node.inputs[0]):
+        dtype = getattr(node.inputs[0], "dtype", None)
+        if _is_other_float(dtype):   # float16 / float64 / bfloat16 graphs: say so, not "not a float"
+            return (f"activation input is {_dtype_name(dtype)}; static INT8 quantises float32 compute (convert the "
+                    "model to float32 first)")
         return "activation input is not a float tensor"
     if weight.values.dtype != np.float32:
         return f"weight dtype {weight.values.dtype} is not float32"

@@ -3,7 +3,9 @@
 A budget B (qcompile/config: AccuracyBudget, whose own ranges are checked when it is built) holds for a
 model's Fidelity F (qcompile/accuracy/fidelity.py, worst float output) when every bound it sets does:
 
-    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement,
+    cosine_mean ≥ min_cosine,  relative_error ≤ max_error,  top1_agreement ≥ min_top1_agreement (the task
+    agreement of the output's role: top-1 of class scores, collapsed-sequence agreement of sequence scores,
+    confident-candidate class agreement of detections; qcompile/accuracy/output_roles.py),
     metric(fp32 outputs, outputs) ≥ min_metric
 
 A bound whose value could not be measured (None) is missed. It is checked on held-out eval data or, without
@@ -42,8 +44,8 @@ def budget_violations(budget: AccuracyBudget, fidelity: Fidelity) -> list[str]:
 def check_budget_arguments(config: CompileConfig, eval_data: Any, metric: Metric | None) -> None:
     """Budget arguments that cannot work together, found before any work is done."""
     budget = config.accuracy_budget
-    if budget is None and (eval_data is not None or metric is not None):
-        raise ConfigError("eval data and a metric are used by an accuracy budget; set one "
+    if budget is None and metric is not None:   # eval data alone is fine: fidelity is measured on it
+        raise ConfigError("a metric is used by an accuracy budget; set one "
                           "(--min-cosine / --max-error / --min-top1-agreement, or AccuracyBudget)")
     if budget is not None and budget.min_metric is not None and metric is None:
         raise ConfigError("accuracy_budget.min_metric needs a metric function (compile_model(..., metric=fn))")
@@ -57,8 +59,9 @@ def check_budget_applies(budget: AccuracyBudget, fidelity: Fidelity) -> None:
     if not fidelity.outputs:
         raise ConfigError("the accuracy budget needs a float output to compare with FP32; the model has none")
     if budget.min_top1_agreement is not None and fidelity.top1_agreement is None:
-        raise ConfigError("min_top1_agreement needs a rank-2 logits output [batch, classes]; outputs are "
-                          f"{sorted(fidelity.outputs)}")
+        raise ConfigError("min_top1_agreement needs a class-score [batch, classes], sequence-score [batch, time, "
+                          "classes] or detection output; the outputs are "
+                          + ", ".join(f"{n} ({o.get('role', '?')})" for n, o in sorted(fidelity.outputs.items())))
 
 
 def budget_json(budget: AccuracyBudget) -> dict[str, Any]:

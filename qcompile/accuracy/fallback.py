@@ -30,6 +30,7 @@ from qcompile.errors import AccuracyBudgetError, QCompileError, UnsupportedModel
 from qcompile.accuracy.budget import (NOT_HELD_OUT_WARNING, budget_json, budget_violations, check_budget_applies,
                                       check_budget_arguments)
 from qcompile.accuracy.fidelity import Fidelity, Metric, Outputs, compare_outputs, run_outputs
+from qcompile.accuracy.output_roles import infer_output_roles
 from qcompile.accuracy.latency import measure_latency
 from qcompile.io import model_size_bytes
 from qcompile.pass_infra import Collector, NodeDecision, NodeStatus, PassRecord
@@ -154,12 +155,13 @@ class _Search:
         self.emitter, self.budget, self.metric = emitter, budget, metric
         self.eval_data = eval_data
         self.reference = reference
+        self.roles = infer_output_roles(reference)
         self.trials: list[dict[str, Any]] = []
         self.reference_outputs: list[Outputs] = []
 
     def evaluate(self, model: onnx.ModelProto) -> Fidelity:
         _, outputs = run_outputs(model, self.eval_data.items)
-        return compare_outputs(self.reference_outputs, outputs, self.metric)
+        return compare_outputs(self.reference_outputs, outputs, self.metric, self.roles)
 
     def trial(self, k: int, order: Sequence[str], baseline: Emission) -> tuple[Emission, Fidelity, bool]:
         start = time.perf_counter()

@@ -5,9 +5,11 @@ With y the FP32 output and ŷ the other model's (definitions in qcompile/numeric
     cosine_i        = ⟨y_i, ŷ_i⟩ / (‖y_i‖·‖ŷ_i‖)            (mean and min over the samples)
     SQNR            = 10·log10(Σ y² / Σ (y − ŷ)²)            (pooled over the items)
     relative error  = sqrt(Σ ‖y − ŷ‖² / Σ ‖y‖²)              (pooled; = 10^(−SQNR/20))
-    top-1 agreement = mean_i [argmax y_i = argmax ŷ_i]       (rank-2 outputs with more than one column: logits)
+    top-1 agreement = mean_i [argmax y_i = argmax ŷ_i]       (class scores [B, C])
 
-Only float outputs are compared. A model-level bound holds when it holds for every float output: the worst
+plus what the output's role (qcompile/accuracy/output_roles.py, read off the graph) says its consumer reads:
+per-step and collapsed-sequence argmax agreement for sequence scores [B, T, C], score / box errors for detection
+outputs; embeddings get no top-1. Only float outputs are compared. A model-level bound holds when it holds for every float output: the worst
 output decides (Fidelity.cosine / error / top1_agreement).
 """
 
@@ -22,9 +24,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from qcompile.accuracy.output_roles import (OutputRole, detection_errors, infer_output_roles, role_from_shape,
+                                            sequence_agreement)
 from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, UnsupportedModelError
 from qcompile.io.validate import with_unique_node_names
 from qcompile.numerics.metrics import cosine_rows, power_sums, relative_error_from_power, sqnr_db_from_power
+from qcompile.runtime_ext.run_limit import DEFAULT_SAMPLE_TIME_LIMIT_S, run_limited
 from qcompile.runtime_ext.session import make_session, ort_error_line
 
 logger = logging.getLogger(__name__)
@@ -36,13 +41,18 @@ Metric = Callable[[Sequence[Outputs], Sequence[Outputs]], float]
 
 @dataclass
 class FidelityAccumulator:
-    """Streams FP32/other output pairs; O(samples) scalars only, never the outputs."""
+    """Streams FP32/other output pairs; O(samples) scalars only, never the outputs. ``roles``: the outputs'
+    roles from the graph (infer_output_roles); an output missing there is read by its shape (role_from_shape)."""
 
+    roles: Mapping[str, OutputRole] = field(default_factory=dict)
     cosines: dict[str, list[float]] = field(default_factory=dict)
     signal: dict[str, float] = field(default_factory=dict)
     noise: dict[str, float] = field(default_factory=dict)
     max_abs: dict[str, float] = field(default_factory=dict)
     top1: dict[str, list[bool]] = field(default_factory=dict)
+    sequences: dict[str, list[bool]] = field(default_factory=dict)
+    used_roles: dict[str, OutputRole] = field(default_factory=dict)
+    detection: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def add(self, name: str, reference: np.ndarray, approx: np.ndarray) -> None:
         if reference.dtype.kind != "f" or reference.size == 0:
@@ -60,8 +70,19 @@ class FidelityAccumulator:
         self.noise[name] = self.noise.get(name, 0.0) + noise
         diff = ref.astype(np.float64) - app.astype(np.float64)
         self.max_abs[name] = max(self.max_abs.get(name, 0.0), float(np.max(np.abs(diff))))
-        if ref.ndim == 2 and ref.shape[1] > 1:
+        role = self.used_roles[name] = self.role(name, ref.shape)
+        if role is OutputRole.CLASS_SCORES and ref.ndim == 2 and ref.shape[1] > 1:
             self.top1.setdefault(name, []).extend((ref.argmax(1) == app.argmax(1)).tolist())
+        elif role is OutputRole.SEQUENCE_SCORES and ref.ndim == 3 and ref.shape[2] > 1:
+            steps, sequences = sequence_agreement(ref, app)
+            self.top1.setdefault(name, []).extend(steps)
+            self.sequences.setdefault(name, []).extend(sequences)
+        elif role in (OutputRole.DETECTION, OutputRole.CANDIDATE_SCORES) and ref.ndim == 3:
+            boxes = 4 if role is OutputRole.DETECTION else 0
+            self.detection.setdefault(name, []).append(detection_errors(ref, app, boxes))
+
+    def role(self, name: str, shape: tuple[int, ...]) -> OutputRole:
+        return self.roles.get(name) or role_from_shape(shape)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -72,11 +93,28 @@ class FidelityAccumulator:
                 "cosine_min": float(np.min(cos)),
                 "sqnr_db": sqnr_db_from_power(self.signal[name], self.noise[name]),
                 "max_abs_error": self.max_abs[name],
+                "role": self.used_roles[name].value,
             }
             if name in self.top1:
                 entry["top1_agreement"] = float(np.mean(self.top1[name]))
+            if name in self.sequences:
+                entry["sequence_agreement"] = float(np.mean(self.sequences[name]))
+            if name in self.detection:
+                entry.update(_pooled_detection(self.detection[name]))
             out[name] = entry
         return out
+
+
+def _pooled_detection(per_item: list[dict[str, float]]) -> dict[str, float]:
+    """Per-item detection errors pooled, each item weighted by its confident candidates."""
+    weights = [d.get("confident_candidates", 0) for d in per_item]
+    total = sum(weights)
+    pooled: dict[str, float] = {"confident_candidates": total}
+    if total:
+        for key in ("score_abs_error", "box_relative_error", "candidate_agreement"):
+            if any(key in d for d in per_item if d.get("confident_candidates")):
+                pooled[key] = float(sum(d[key] * w for d, w in zip(per_item, weights) if w) / total)
+    return pooled
 
 
 @dataclass(frozen=True)
@@ -98,7 +136,11 @@ class Fidelity:
 
     @property
     def top1_agreement(self) -> float | None:
-        values = [o["top1_agreement"] for o in self.outputs.values() if "top1_agreement" in o]
+        """The worst task agreement: top-1 on class scores, the collapsed-sequence agreement on sequence scores
+        (what greedy CTC decoding reads), the class agreement of confident detection candidates."""
+        values = [o.get("sequence_agreement", o.get("candidate_agreement", o.get("top1_agreement")))
+                  for o in self.outputs.values()]
+        values = [v for v in values if v is not None]
         return min(values) if values else None
 
     def as_json(self) -> dict[str, Any]:
@@ -110,13 +152,18 @@ def run_outputs(model: onnx.ModelProto | str | Path, items: Iterable[Feed]) -> t
     """Every output of ``model`` on every item (ORT CPU, full graph optimisation: the kernels users get)."""
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
-    return names, [dict(zip(names, session.run(names, dict(feed)))) for feed in items]
+    return names, [dict(zip(names, _run(session, names, feed, UnsupportedModelError, f"the model {_label(model)} fails on "
+                                        f"eval item {index}"))) for index, feed in enumerate(items)]
+
+
+def _label(model: onnx.ModelProto | str | Path) -> str:
+    return str(model) if isinstance(model, (str, Path)) else f"'{model.graph.name}'"
 
 
 def compare_outputs(reference: Sequence[Outputs], approx: Sequence[Outputs],
-                    metric: Metric | None = None) -> Fidelity:
+                    metric: Metric | None = None, roles: Mapping[str, OutputRole] | None = None) -> Fidelity:
     """The Fidelity of ``approx`` vs ``reference`` (item by item), with ``metric(reference, approx)`` if given."""
-    accumulator = FidelityAccumulator()
+    accumulator = FidelityAccumulator(roles=roles or {})
     for ref, app in zip(reference, approx, strict=True):
         for name, value in ref.items():
             accumulator.add(name, np.asarray(value), np.asarray(app[name]))
@@ -132,15 +179,19 @@ def compare_outputs(reference: Sequence[Outputs], approx: Sequence[Outputs],
     return Fidelity(outputs=summary, metric=value)
 
 
-def _run(session, names, feed, error: type[QCompileError], what: str) -> list:
+def _run(session, names, feed, error: type[QCompileError], what: str,
+         limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> list:
     try:
-        return session.run(names, dict(feed))
+        return run_limited(session, names, feed, limit_s)
+    except QCompileError as exc:   # the per-sample time limit
+        raise error(f"{what}: {exc}") from None
     except Exception as exc:  # ORT's runtime errors (shapes only known from the data, allocation failures)
         raise error(f"{what}: {ort_error_line(exc)}") from exc
 
 
 def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelProto, source: Iterable,
-                     max_samples: int, *, custom_op_library: str | None = None) -> dict[str, Any]:
+                     max_samples: int, *, custom_op_library: str | None = None,
+                     sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[str, Any]:
     """The compile's verify step: FP32 and quantised models on the first ``max_samples`` calibration items,
     per-output summaries as above. ``reference`` may be the input model's path (ORT then reads a large
     model's weights from its files)."""
@@ -154,13 +205,15 @@ def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelPro
         logger.warning("fidelity not measured: %s", exc)
         return {"error": str(exc)}
     names = [o.name for o in ref_session.get_outputs()]
-    acc = FidelityAccumulator()
+    graph_of_reference = reference if isinstance(reference, onnx.ModelProto) else \
+        onnx.load(str(reference), load_external_data=False)
+    acc = FidelityAccumulator(roles=infer_output_roles(graph_of_reference))
     count = 0
     for feed in source:
         ref_out = _run(ref_session, names, feed, CalibrationDataError,
-                       f"the FP32 model fails on calibration item {count}")
+                       f"the FP32 model fails on calibration item {count}", sample_time_limit_s)
         q_out = _run(q_session, names, feed, UnsupportedModelError,
-                     f"the quantised model fails on calibration item {count}")
+                     f"the quantised model fails on calibration item {count}", sample_time_limit_s)
         for name, r, q in zip(names, ref_out, q_out):
             acc.add(name, np.asarray(r), np.asarray(q))
         count += 1

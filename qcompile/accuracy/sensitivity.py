@@ -23,6 +23,7 @@ import numpy as np
 
 from qcompile.accuracy.fidelity import FidelityAccumulator
 from qcompile.accuracy.switchable import SwitchableModel, SwitchedLayer
+from qcompile.numerics.fp8 import fake_quantize_fp8
 from qcompile.numerics.metrics import power_sums, relative_error_from_power, sqnr_db_from_power
 
 HISTOGRAM_BINS = 64            # bins of consecutive integer codes shown per histogram
@@ -71,11 +72,15 @@ def analyse_layers(model: SwitchableModel, items: Iterable[Mapping[str, np.ndarr
             point = layer.input_point
             if point is not None and point.scale:
                 x = off[point.x.name]
-                dequantized, codes = fake_quantize(x, point.scale, point.zero_point, point.qmin, point.qmax)
+                if point.float_codes:      # FP8: saturation instead of integer clipping, no code histogram
+                    dequantized, saturated = fake_quantize_fp8(x, point.scale)
+                    clipped[layer.name][0] += int(round(saturated * x.size))
+                else:
+                    dequantized, codes = fake_quantize(x, point.scale, point.zero_point, point.qmin, point.qmax)
+                    counts = code_histogram(codes, point.qmin, point.qmax)
+                    histograms[layer.name] = histograms.get(layer.name, 0) + counts
+                    clipped[layer.name][0] += int(counts[-2] + counts[-1])
                 _accumulate(inputs[layer.name], x, dequantized)
-                counts = code_histogram(codes, point.qmin, point.qmax)
-                histograms[layer.name] = histograms.get(layer.name, 0) + counts
-                clipped[layer.name][0] += int(counts[-2] + counts[-1])
                 clipped[layer.name][1] += x.size
         if sensitivity:
             for layer in model.layers:

@@ -26,6 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from qcompile.errors import UnsupportedModelError
+from qcompile.numerics.fp8 import E4M3FN, E4M3FN_MAX
 from qcompile.runtime_ext.session import GraphOptimization, make_session, ort_error_line
 
 OPT = GraphOptimization.BASIC
@@ -45,6 +46,7 @@ class SwitchPoint:
     zero_point: int
     qmin: int
     qmax: int
+    float_codes: bool = False      # FP8 E4M3FN: codes are floats (qmin/qmax are ±448), no integer histogram
 
 
 @dataclass
@@ -71,14 +73,17 @@ def _activation_points(graph: gs.Graph) -> list[SwitchPoint]:
         scale = node.inputs[1]
         zp = node.inputs[2] if len(node.inputs) > 2 else None
         zp_values = zp.values if isinstance(zp, gs.Constant) else np.zeros((), np.uint8)
+        float_codes = zp_values.dtype == E4M3FN
         info = np.iinfo(zp_values.dtype) if zp_values.dtype.kind in "iu" else None
-        per_tensor = isinstance(scale, gs.Constant) and scale.values.size == 1 and info is not None
+        limits = (int(info.min), int(info.max)) if info else (-int(E4M3FN_MAX), int(E4M3FN_MAX)) if float_codes \
+            else (0, 0)
+        per_tensor = isinstance(scale, gs.Constant) and scale.values.size == 1 and (info is not None or float_codes)
         points.append(SwitchPoint(
             switch=f"qcompile_switch_p{len(points)}", x=node.inputs[0], dq_out=consumers[0].outputs[0],
             q_node=node, dq_node=consumers[0],
             scale=float(scale.values.reshape(-1)[0]) if per_tensor else None,
-            zero_point=int(zp_values.reshape(-1)[0]) if per_tensor else 0,
-            qmin=int(info.min) if info else 0, qmax=int(info.max) if info else 0))
+            zero_point=int(zp_values.reshape(-1)[0].astype(np.float32)) if per_tensor else 0,
+            qmin=limits[0], qmax=limits[1], float_codes=float_codes))
     return points
 
 
@@ -146,7 +151,9 @@ def _dequantize_constant(dq_node: gs.Node) -> np.ndarray | None:
         return None
     values, scale = inputs[0].values, inputs[1].values.astype(np.float32)
     zero = inputs[2].values if len(inputs) > 2 else np.zeros_like(scale, dtype=np.int64)
-    if values.dtype.kind not in "iu":
+    if values.dtype == E4M3FN:      # FP8: zero point 0, x = float(q)·s
+        zero = np.zeros(scale.shape, dtype=np.float32)
+    elif values.dtype.kind not in "iu":
         return None
     if scale.size > 1:
         axis = int(dq_node.attrs.get("axis", 1)) % values.ndim

@@ -44,6 +44,7 @@ class CompileFlags:
     percentile: float | None = None
     num_samples: int | None = None
     batch_size: int | None = None
+    sample_time_limit: float | None = None
     image_size: str | None = None
     mean: str | None = None
     std: str | None = None
@@ -68,6 +69,7 @@ class CompileFlags:
     eval_samples: int | None = None
     layer_analysis: LayerAnalysis | None = None
     analysis_samples: int | None = None
+    no_latency_check: bool = False
     # transformer graphs
     smoothquant: str | None = None
     split_outliers: OutlierSides | None = None
@@ -150,6 +152,8 @@ def _selection_and_calibration(config: CompileConfig, flags: CompileFlags) -> di
         calibration = dataclasses.replace(calibration, num_samples=flags.num_samples)
     if flags.batch_size is not None:
         calibration = dataclasses.replace(calibration, batch_size=flags.batch_size)
+    if flags.sample_time_limit is not None:
+        calibration = dataclasses.replace(calibration, sample_time_limit_s=flags.sample_time_limit)
     image_changes = {k: v for k, v in {"size": _image_size(flags.image_size), "mean": _floats(flags.mean, "--mean"),
                                        "std": _floats(flags.std, "--std")}.items() if v is not None}
     if flags.layout is not None:
@@ -188,6 +192,8 @@ def _accuracy(config: CompileConfig, flags: CompileFlags) -> dict[str, Any]:
         analysis["layers"] = flags.layer_analysis
     if flags.analysis_samples is not None:
         analysis["samples"] = flags.analysis_samples
+    if flags.no_latency_check:
+        changes["latency_check"] = False
     if analysis:
         changes["analysis"] = dataclasses.replace(config.analysis, **analysis)
     return changes

@@ -2,8 +2,10 @@
 
 Every command runs under ``_as_process``: logging is configured (-v/-q where the command has them), a
 QCompileError becomes ``error: <message>`` on stderr and exit 2, any other exception (a bug) one line and exit 3
-(its traceback with --debug). `compile` also unwinds on Ctrl-C (exit 130) and on SIGTERM (exit 143) like an
-exception, so no temporary file is left behind, and says that nothing was written.
+(its traceback with --debug); a message is one line of at most MESSAGE_LIMIT characters (cut in the middle). SIGINT, SIGTERM and
+SIGHUP unwind like an exception from the moment the command line is parsed (the console script's launcher
+covers the imports before), so no temporary file is left behind, and end the process with 128 + the signal's
+number (130, 143, 129) and one line saying that nothing was written.
 """
 
 from __future__ import annotations
@@ -24,24 +26,46 @@ from qcompile.version import __version__
 from qcompile.cli.compile import compile_command
 from qcompile.cli.tools import compare_command, inspect_command, report_command
 from qcompile.errors import QCompileError
+from qcompile.io.messages import readable_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+EXIT_HANGUP = 129        # 128 + SIGHUP (the terminal closed)
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143    # 128 + SIGTERM
+MESSAGE_LIMIT = 300      # characters of an error line; longer ones end in "..."
+
+_SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (a pipeline's timeout or kill) unwinds like Ctrl-C, so no temporary file is left behind."""
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM (a pipeline's timeout or kill) or SIGHUP unwinds like Ctrl-C, so no temporary file is left."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated()
+def _raise_signalled(signum: int, frame: Any) -> None:
+    raise _Signalled(signum)
 
 
-def _terminate_like_interrupt() -> None:
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+def _unwind_on_signals() -> None:
+    """SIGTERM and SIGHUP raise like SIGINT (main thread only; a handler someone else installed is kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, _raise_signalled) or _is_launcher_handler(signum):
+            signal.signal(signum, _raise_signalled)
+
+
+def _is_launcher_handler(signum: int) -> bool:
+    return getattr(signal.getsignal(signum), "__module__", None) == "qcompile_launcher"
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    _fail(f"{_SIGNAL_WORDS.get(signum, 'interrupted')}; nothing was written", 128 + int(signum))
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -59,29 +83,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {readable_line(message, MESSAGE_LIMIT)}", err=True)
     sys.exit(code)
 
 
-def _as_process(command: click.Command, *, interruptible: bool) -> click.Command:
+def _as_process(command: click.Command) -> click.Command:
     """``command`` run as described in the module docstring (a copy; ``command`` itself is left as it is)."""
     body: Callable[..., Any] = command.callback  # type: ignore[assignment]
 
     @functools.wraps(body)
     def run(**params: Any) -> Any:
         _configure_logging(params.get("verbose", 0), params.get("quiet", False))
-        if interruptible:
-            _terminate_like_interrupt()
+        _unwind_on_signals()
         try:
             return body(**params)
         except QCompileError as exc:
             _fail(str(exc), EXIT_USER_ERROR)
         except KeyboardInterrupt as exc:
-            if not interruptible:
-                raise
-            terminated = isinstance(exc, _Terminated)
-            _fail(f"{'terminated' if terminated else 'interrupted'}; nothing was written",
-                  EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+            _interrupted(exc)
         except Exception as exc:  # a bug: one line unless --debug
             if params.get("debug"):
                 raise
@@ -101,11 +120,24 @@ class _DefaultToCompile(click.Group):
             args = ["compile", *args]
         return super().parse_args(ctx, args)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        # click turns a KeyboardInterrupt while parsing into "Aborted!" and exit 1; ours says what happened
+        _unwind_on_signals()
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+
 
 @click.group(cls=_DefaultToCompile, context_settings={"help_option_names": ["-h", "--help"]},
-             commands=[_as_process(compile_command, interruptible=True),
-                       *(_as_process(tool, interruptible=False)
-                         for tool in (report_command, inspect_command, compare_command))])
+             commands=[_as_process(command)
+                       for command in (compile_command, report_command, inspect_command, compare_command)])
 @click.version_option(__version__, prog_name="qcompile")
 def main() -> None:
     """qcompile: FP32 ONNX + calibration data -> INT8 ONNX that ONNX Runtime runs fast.

@@ -58,17 +58,21 @@ selection_options = _stack(
     click.option("--quantize-classifier", is_flag=True, help="Quantise the final classifier too (float by default)."),
 )
 
+image_options = _stack(
+    click.option("--image-size", help="Image data: resize to N or HxW (default: the model's input size)."),
+    click.option("--mean", show_default=_csv(_DEFAULT.calibration.image.mean),
+                 help="Image data: per-channel mean after x/255, e.g. 0.485,0.456,0.406."),
+    click.option("--std", show_default=_csv(_DEFAULT.calibration.image.std),
+                 help="Image data: per-channel std after x/255, e.g. 0.229,0.224,0.225."),
+    click.option("--layout", type=EnumChoice(ImageLayout), show_default=_DEFAULT.calibration.image.layout.value,
+                 help="Image tensor layout."),
+)
+
 calibration_options = _stack(
     click.option("--num-samples", type=int, show_default="all", help="Use at most this many calibration samples."),
     click.option("--batch-size", type=int, show_default=str(_DEFAULT.calibration.batch_size),
                  help="Calibration batch size."),
-    click.option("--image-size", help="Image calibration: resize to N or HxW (default: the model's input size)."),
-    click.option("--mean", show_default=_csv(_DEFAULT.calibration.image.mean),
-                 help="Image calibration: per-channel mean after x/255, e.g. 0.485,0.456,0.406."),
-    click.option("--std", show_default=_csv(_DEFAULT.calibration.image.std),
-                 help="Image calibration: per-channel std after x/255, e.g. 0.229,0.224,0.225."),
-    click.option("--layout", type=EnumChoice(ImageLayout), show_default=_DEFAULT.calibration.image.layout.value,
-                 help="Image tensor layout."),
+    image_options,
     click.option("--method", type=EnumChoice(CalibrationMethod), show_default=_DEFAULT.activation.method.value,
                  help="Activation calibration method."),
     click.option("--percentile", type=float, show_default=str(_DEFAULT.activation.percentile),
@@ -78,8 +82,10 @@ calibration_options = _stack(
                  help="Execution provider calibration runs on (cuda needs qcompile[gpu])."),
     click.option("--workers", help="Calibrate on Ray tasks, one per shard of --calib: 'ray' (local cluster) or "
                                    "ray://HOST:PORT; needs qcompile[distributed]."),
+    click.option("--sample-time-limit", type=float, show_default=f"{_DEFAULT.calibration.sample_time_limit_s:g}",
+                 help="Seconds one run of the model on one item may take (calibration, fidelity)."),
     click.option("--fidelity-samples", type=int, show_default=str(_DEFAULT.fidelity_samples),
-                 help="Calibration items used to measure fidelity vs FP32."),
+                 help="Items fidelity vs FP32 is measured on (held-out ones where there are, see --eval-data)."),
     click.option("--weight-rounding", type=EnumChoice(WeightRounding), show_default=_DEFAULT.rounding.method.value,
                  help="Static INT8 weights: round to nearest, or learn floor/ceil per weight on the calibration "
                       "inputs (minimises each layer's output error)."),
@@ -95,7 +101,8 @@ target_options = _stack(
 
 weight_only_options = _stack(
     click.option("--preset", type=EnumChoice(Preset), show_default=_DEFAULT.preset.value,
-                 help="w8a8 (static INT8) or weight-only w4a16 / w8a16 (LLM-sized MatMuls)."),
+                 help="w8a8 (static INT8), fp8 (FP8 E4M3FN Q/DQ: TensorRT on FP8 GPUs; CPU runs it for validation), "
+                      "a16w8 (uint16 activations, int8 weights: NPU flows) or weight-only w4a16 / w8a16."),
     click.option("--block-size", type=int, show_default=str(_DEFAULT.weight_only.block_size),
                  help="Weight-only: block size along K (32, 64, 128)."),
     click.option("--algorithm", type=EnumChoice(WeightOnlyAlgorithm),
@@ -119,12 +126,15 @@ accuracy_options = _stack(
                                                   "0.99); the most sensitive nodes fall back to float until it holds."),
     click.option("--max-error", type=float, help="Accuracy budget: relative L2 error vs FP32 of every output."),
     click.option("--min-top1-agreement", type=float, help="Accuracy budget: top-1 agreement with FP32 on logits."),
-    click.option("--eval-data", help="Held-out data for the budget: a folder (like --calib) or an .npz of arrays "
-                                     "keyed by input name (default: the first calibration items, not held out)."),
+    click.option("--eval-data", help="Held-out data for fidelity and the budget: a folder (like --calib) or an .npz "
+                                     "of arrays keyed by input name (default: a quarter of the --calib files, up "
+                                     "to the items needed, held out of calibration; folders of 4+ files)."),
     click.option("--eval-samples", type=int, show_default=str(_DEFAULT_EVAL_SAMPLES),
                  help="Eval items the budget is checked on."),
     click.option("--layer-analysis", type=EnumChoice(LayerAnalysis), show_default=_DEFAULT.analysis.layers.value,
                  help="Per-layer error in the report: none, sqnr or sensitivity (one run per node)."),
+    click.option("--no-latency-check", "no_latency_check", is_flag=True,
+                 help="Skip the quick FP32-vs-quantised timing after the compile (and its not-faster warning)."),
     click.option("--analysis-samples", type=int, show_default=str(_DEFAULT.analysis.samples),
                  help="Calibration items for the per-layer analysis."),
 )
@@ -146,6 +156,14 @@ progress_options = _stack(
     click.option("--no-progress", is_flag=True, help="No progress bars."),
     click.option("-v", "--verbose", count=True, help="More logging (-vv for debug)."),
     click.option("-q", "--quiet", is_flag=True, help="Only errors."),
+)
+
+# inspect takes the two choices that change its plan without the rest of the compile's flags
+inspect_format_options = _stack(
+    click.option("--preset", type=EnumChoice(Preset), show_default=_DEFAULT.preset.value,
+                 help="Plan for this preset (w8a8, fp8, a16w8, w4a16, w8a16)."),
+    click.option("--target", type=EnumChoice(Target), show_default=_DEFAULT.target.value,
+                 help="Plan for this runtime target."),
 )
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")

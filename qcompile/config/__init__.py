@@ -9,8 +9,10 @@ target.py holds the target profile type the passes read. Invalid values and impo
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig, LayerAnalysis
 from qcompile.config.calibration import (LOCAL_RAY, CalibrationConfig, CalibrationProvider, ImageLayout,
                                          ImageOptions, WorkersConfig)
-from qcompile.config.compile import DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, CompileConfig
-from qcompile.config.mapping import config_from_mapping, from_toml, parse_alpha, weight_only_from_mapping
+from qcompile.config.classifier import ClassifierConfig
+from qcompile.config.compile import (DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, RECURRENT_OP_TYPES,
+                                     STATIC_COMPUTE_OP_TYPES, CompileConfig, config_from_mapping, from_toml)
+from qcompile.config.mapping import parse_alpha, weight_only_from_mapping
 from qcompile.config.quant import CalibrationMethod, EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec
 from qcompile.config.rounding import RoundingConfig, WeightRounding
 from qcompile.config.target import CpuFeatures, Target, TargetProfile
@@ -19,11 +21,13 @@ from qcompile.config.weight_only import (NumberFormat, Preset, ScaleDType, Weigh
                                          WeightOnlyForm)
 
 __all__ = [
-    "AUTO_ALPHA_GRID", "DEFAULT_OP_TYPES", "LOCAL_RAY", "QUANTIZABLE_OP_TYPES",
-    "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "CalibrationMethod", "CalibrationProvider",
+    "AUTO_ALPHA_GRID", "DEFAULT_OP_TYPES", "LOCAL_RAY", "QUANTIZABLE_OP_TYPES", "RECURRENT_OP_TYPES",
+    "STATIC_COMPUTE_OP_TYPES",
+    "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "ClassifierConfig", "CalibrationMethod", "CalibrationProvider",
     "CompileConfig", "CpuFeatures", "EmbeddingQuantConfig", "Granularity", "ImageLayout", "ImageOptions",
-    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "RoundingConfig", "ScaleDType",
-    "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm", "WeightOnlyConfig",
+    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "RoundingConfig",
+    "ScaleDType", "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm",
+    "WeightOnlyConfig",
     "WeightOnlyForm", "WeightRounding", "WorkersConfig",
     "config_from_mapping", "from_toml", "parse_alpha", "weight_only_from_mapping",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
@@ -24,6 +25,7 @@ class AnalysisConfig:
     samples: int = 8
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.samples < 1:
             raise ConfigError(f"analysis samples must be >= 1, got {self.samples}")
 
@@ -42,6 +44,7 @@ class AccuracyBudget:
     eval_samples: int = 100
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if all(v is None for v in (self.min_cosine, self.max_error, self.min_top1_agreement, self.min_metric)):
             raise ConfigError("an accuracy budget needs at least one of min_cosine, max_error, "
                               "min_top1_agreement, min_metric")

@@ -7,6 +7,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
@@ -20,6 +21,13 @@ class CalibrationProvider(enum.Enum):
     def ort_providers(self) -> tuple[str, ...]:
         return ("CUDAExecutionProvider", "CPUExecutionProvider") if self is CalibrationProvider.CUDA \
             else ("CPUExecutionProvider",)
+
+
+#: Seconds one run of the model on one calibration / eval item may take (qcompile/runtime_ext/run_limit.py).
+DEFAULT_SAMPLE_TIME_LIMIT_S = 600.0
+#: Largest image side, and pixels in all, that calibration decodes or resizes to (qcompile/data/limits.py).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 class ImageLayout(enum.Enum):
@@ -37,8 +45,13 @@ class ImageOptions:
     layout: ImageLayout = ImageLayout.NCHW
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
             raise ConfigError(f"image size must be two positive integers, got {self.size}")
+        if self.size is not None and (max(self.size) > MAX_IMAGE_SIDE
+                                      or self.size[0] * self.size[1] > MAX_IMAGE_PIXELS):
+            raise ConfigError(f"image size {self.size[0]}x{self.size[1]} is over the limit of {MAX_IMAGE_SIDE} per "
+                              f"side and {MAX_IMAGE_PIXELS:,} pixels in all")
         if len(self.mean) != len(self.std):
             raise ConfigError("image mean and std must have the same number of channels")
         if any(s <= 0 for s in self.std):
@@ -65,6 +78,7 @@ class WorkersConfig:
     max_retries: int = 3
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.address != LOCAL_RAY and not _RAY_ADDRESS.fullmatch(self.address):
             raise ConfigError(f"workers must be 'ray' (a local cluster) or ray://HOST:PORT, got {self.address!r}")
         if self.shards is not None and self.shards < 1:
@@ -83,11 +97,15 @@ class CalibrationConfig:
     image: ImageOptions = field(default_factory=ImageOptions)
     workers: WorkersConfig | None = None  # None: calibrate in this process
     provider: CalibrationProvider = CalibrationProvider.CPU   # ORT EP the calibration runs on
+    sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S   # per run of one item; None: no limit
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.memory_budget_mb < 1:
             raise ConfigError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
+        if self.sample_time_limit_s is not None and not self.sample_time_limit_s > 0:
+            raise ConfigError(f"sample_time_limit_s must be > 0 seconds, got {self.sample_time_limit_s}")

@@ -7,28 +7,36 @@ Invalid values and impossible combinations raise ``ConfigError`` when the object
 from __future__ import annotations
 
 import enum
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from qcompile.config.accuracy import AccuracyBudget, AnalysisConfig
 from qcompile.config.calibration import CalibrationConfig
+from qcompile.config.classifier import ClassifierConfig
+from qcompile.config.field_types import check_field_types
+from qcompile.config.mapping import NOT_IN_RECIPES, dataclass_from_mapping
+from qcompile.config.quant import (EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern,
+                                   default_weight_spec)
 from qcompile.config.rounding import RoundingConfig
-from qcompile.config.quant import EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern
 from qcompile.config.target import Target
 from qcompile.config.transforms import OutlierSplitConfig, SmoothQuantConfig
 from qcompile.config.weight_only import NumberFormat, Preset, WeightOnlyConfig
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
 
-DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+STATIC_COMPUTE_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")   # y = f(x, W[, b]): Q/DQ on x and W
+RECURRENT_OP_TYPES = ("LSTM", "GRU", "RNN")                            # int8 W and R, float recurrence
+DEFAULT_OP_TYPES = STATIC_COMPUTE_OP_TYPES + RECURRENT_OP_TYPES
 QUANTIZABLE_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Add", "Mul"}
 
 
 @dataclass(frozen=True)
 class CompileConfig:
     activation: QuantSpec = field(default_factory=QuantSpec)
-    weight: QuantSpec = field(default_factory=lambda: QuantSpec(
-        dtype=QuantDType.INT8, symmetric=True, granularity=Granularity.CHANNEL))
+    weight: QuantSpec = field(default_factory=default_weight_spec)
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()
     overrides: tuple[NodeOverride, ...] = ()
@@ -46,13 +54,21 @@ class CompileConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     accuracy_budget: AccuracyBudget | None = None
     # a shared library of ORT custom ops, loaded into qcompile's sessions: code execution, so only from the CLI
-    # flag or the API, never from a TOML recipe (mapping.NOT_IN_RECIPES)
-    custom_op_library: str | None = None
+    # flag or the API, never from a TOML recipe or a dict (mapping.NOT_IN_RECIPES)
+    custom_op_library: str | None = field(default=None, metadata={NOT_IN_RECIPES: True})
     # MatMuls of two activations (attention QKᵀ, P·V): float by default (measured slower and less accurate
     # on MiniLM at INT8, see notes/issue-5); True puts Q/DQ on both inputs
     quantize_activation_matmuls: bool = False
+    # a quick bounded FP32-vs-quantised timing after the compile, with a warning when INT8 is not faster
+    # (qcompile/accuracy/latency_check.py)
+    latency_check: bool = True
+    # the final classifier: float, or quantised when measurement says it costs little (config/classifier.py)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Conv -> [Relu] -> Conv weight-range equalisation (passes/transform/cross_layer_equalization.py)
+    cross_layer_equalization: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         unknown = sorted(set(self.op_types) - QUANTIZABLE_OP_TYPES)
         if unknown:
             raise ConfigError(f"op types {unknown} are not quantisable; choose from {sorted(QUANTIZABLE_OP_TYPES)}")
@@ -71,6 +87,8 @@ class CompileConfig:
             raise ConfigError(f"activation dtype {self.activation.dtype.value} is not supported")
         if self.weight.dtype in (QuantDType.INT4, QuantDType.UINT4) and self.preset is Preset.W8A8:
             raise ConfigError("4-bit weights are only available with weight-only presets")
+        if self.preset is not Preset.FP8 and QuantDType.FLOAT8E4M3FN in (self.activation.dtype, self.weight.dtype):
+            raise ConfigError("float8e4m3fn tensors need the fp8 preset (--preset fp8)")
         if self.weight_only.number_format is NumberFormat.NF4 and self.preset is not Preset.W4A16:
             raise ConfigError("nf4 weights need the w4a16 preset")
         if self.fidelity_samples < 0:
@@ -78,6 +96,32 @@ class CompileConfig:
 
     def to_json(self) -> dict[str, Any]:
         return _to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: CompileConfig | None = None) -> CompileConfig:
+        """The config of a nested dict in the TOML recipe's schema (``{"calibration": {"num_samples": 64}}``)
+        over ``base`` (default: the defaults); unknown keys and wrong types are ConfigError."""
+        return dataclass_from_mapping(cls, data, "", base or cls())
+
+
+def config_from_mapping(data: Mapping[str, Any], base: CompileConfig | None = None) -> CompileConfig:
+    """Build a CompileConfig from a nested mapping (the TOML schema) over ``base``; unknown keys are errors."""
+    return CompileConfig.from_dict(data, base)
+
+
+def from_toml(path: str | Path, base: CompileConfig | None = None) -> CompileConfig:
+    """Read a TOML recipe. Missing file, bad TOML and unknown keys are ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return config_from_mapping(data, base)
 
 
 def _to_jsonable(value: Any) -> Any:

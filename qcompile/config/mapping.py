@@ -12,21 +12,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import tomllib
 import types
 import typing
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from qcompile.config.calibration import CalibrationConfig, WorkersConfig
-from qcompile.config.compile import CompileConfig
-from qcompile.config.quant import NodeOverride, QuantSpec
+from qcompile.config.quant import NodeOverride, QuantSpec, default_weight_spec
 from qcompile.config.transforms import SmoothQuantConfig
 from qcompile.config.weight_only import WeightOnlyConfig
 from qcompile.errors import ConfigError
 
-# Code execution (a shared library of ORT custom ops): only from the CLI flag or the API, never a recipe.
-NOT_IN_RECIPES = frozenset({(CompileConfig, "custom_op_library")})
+#: Field metadata key: ``field(metadata={NOT_IN_RECIPES: True})`` keeps a field out of recipes and dicts (code
+#: execution such as a custom-op library comes only from the CLI flag or the API argument).
+NOT_IN_RECIPES = "not_in_recipes"
 
 # TOML has no null: the word that spells None for fields whose default is not None.
 _NONE_WORDS = {
@@ -35,26 +33,6 @@ _NONE_WORDS = {
     (WeightOnlyConfig, "embedding_bits"): "none",       # float
     (WeightOnlyConfig, "lm_head_bits"): "none",
 }
-
-
-def config_from_mapping(data: Mapping[str, Any], base: CompileConfig | None = None) -> CompileConfig:
-    """Build a CompileConfig from a nested mapping (the TOML schema) over ``base``; unknown keys are errors."""
-    return dataclass_from_mapping(CompileConfig, data, "", base or CompileConfig())
-
-
-def from_toml(path: str | Path, base: CompileConfig | None = None) -> CompileConfig:
-    """Read a TOML recipe. Missing file, bad TOML and unknown keys are ConfigError."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
-    return config_from_mapping(data, base)
 
 
 def weight_only_from_mapping(data: Any, base: WeightOnlyConfig) -> WeightOnlyConfig:
@@ -97,7 +75,7 @@ def dataclass_from_mapping(cls: type, data: Any, where: str, base: Any = None) -
 def _recipe_fields(cls: type) -> dict[str, Any]:
     """Field name -> resolved type, for the fields a recipe may set."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and (cls, f.name) not in NOT_IN_RECIPES}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and not f.metadata.get(NOT_IN_RECIPES)}
 
 
 def _read(hint: Any, value: Any, key: str, base: Any) -> Any:
@@ -203,6 +181,6 @@ _FIELD_HOOKS: dict[tuple[type, str], Callable[[Any, str, Any], Any]] = {
 
 # An override's specs start from CompileConfig's defaults, not from the recipe's [activation] / [weight].
 _FRESH_BASES: dict[tuple[type, str], Callable[[], Any]] = {
-    (NodeOverride, "activation"): lambda: CompileConfig().activation,
-    (NodeOverride, "weight"): lambda: CompileConfig().weight,
+    (NodeOverride, "activation"): QuantSpec,
+    (NodeOverride, "weight"): default_weight_spec,
 }

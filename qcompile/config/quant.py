@@ -12,6 +12,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 from qcompile.numerics.qparams import QuantDType
 
@@ -42,6 +43,7 @@ class QuantSpec:
     percentile: float = 99.999
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.granularity is Granularity.BLOCK:
@@ -61,7 +63,13 @@ class NodeOverride:
     weight: QuantSpec | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         compile_pattern(self.pattern)
+
+
+def default_weight_spec() -> QuantSpec:
+    """The weights' default: symmetric per-channel INT8 (CompileConfig.weight, and an override's fresh base)."""
+    return QuantSpec(dtype=QuantDType.INT8, symmetric=True, granularity=Granularity.CHANNEL)
 
 
 def compile_pattern(pattern: str) -> re.Pattern:
@@ -80,6 +88,7 @@ class EmbeddingQuantConfig:
     min_elements: int = 1 << 14
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.granularity is Granularity.BLOCK:
             raise ConfigError("embedding tables are quantised per tensor or per channel (column)")
         if self.min_elements < 1:

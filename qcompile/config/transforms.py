@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
@@ -35,6 +36,7 @@ class SmoothQuantConfig:
     sample_rows: int = 512
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         alphas = [self.alpha, *(a for _, a in self.op_alpha), *self.auto_grid]
         if any(a is not None and not 0.0 <= a <= 1.0 for a in alphas):
             raise ConfigError(f"smoothquant alpha values must be in [0, 1] (or 'auto'), got {alphas}")
@@ -60,6 +62,7 @@ class OutlierSplitConfig:
     expand_ratio: float = 0.02
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not 0.0 < self.expand_ratio <= 1.0:
             raise ConfigError(f"outlier_split.expand_ratio must be in (0, 1], got {self.expand_ratio}")
 

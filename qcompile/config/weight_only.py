@@ -9,20 +9,25 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from qcompile.config.field_types import check_field_types
 from qcompile.errors import ConfigError
 
 
 class Preset(enum.Enum):
     """What gets quantised how: static INT8 weights and activations (w8a8, the default), or weight-only
-    INT4/INT8 weights with float activations (w4a16, w8a16: LLM decode is memory-bound, weight bytes decide)."""
+    INT4/INT8 weights with float activations (w4a16, w8a16: LLM decode is memory-bound, weight bytes decide),
+    or the static formats of config/static_formats.py: FP8 E4M3FN weights and activations (fp8), uint16
+    activations with int8 weights (a16w8)."""
 
     W8A8 = "w8a8"
     W4A16 = "w4a16"
     W8A16 = "w8a16"
+    FP8 = "fp8"
+    A16W8 = "a16w8"
 
     @property
     def weight_only_bits(self) -> int | None:
-        return {"w8a8": None, "w4a16": 4, "w8a16": 8}[self.value]
+        return {"w4a16": 4, "w8a16": 8}.get(self.value)
 
 
 class WeightOnlyAlgorithm(enum.Enum):
@@ -73,6 +78,7 @@ class WeightOnlyConfig:
     lm_head_bits: int | None = 8
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"weight_only.block_size must be a power of two >= 16, got {self.block_size}")
         if not 0.0 < self.damping < 1.0:

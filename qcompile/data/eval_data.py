@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.config import ImageOptions
+from qcompile.data.readers import check_npz_headers
 from qcompile.data.source import open_calibration_source
 from qcompile.data.specs import Feed, InputSpec
 from qcompile.errors import CalibrationDataError
@@ -30,7 +32,8 @@ class EvalData:
     held_out: bool = True             # False: calibration items stand in for held-out data
 
 
-def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int) -> EvalData:
+def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int,
+                   image: ImageOptions = ImageOptions()) -> EvalData:
     """At most ``max_items`` validated eval items from a folder, an .npz file or an iterable (module docstring)."""
     if isinstance(data, (str, Path)) and Path(data).is_file():
         path = Path(data)
@@ -39,7 +42,7 @@ def load_eval_data(data: Any, specs: Sequence[InputSpec], max_items: int) -> Eva
         items, description = _npz_items(path, specs, max_items)
         source = open_calibration_source(items, specs)
     else:
-        source = open_calibration_source(data, specs, num_samples=max_items)
+        source = open_calibration_source(data, specs, num_samples=max_items, image=image)
         description = source.description
     items = tuple(source)
     if not items:
@@ -53,6 +56,7 @@ def _npz_items(path: Path, specs: Sequence[InputSpec], max_items: int) -> tuple[
     except (OSError, ValueError) as exc:
         raise CalibrationDataError(f"cannot read eval data {path}: {exc}") from None
     with archive:
+        check_npz_headers(archive, archive.files, f"eval data {path}")
         names = {spec.name: spec.name for spec in specs if spec.name in archive.files}
         if len(specs) == 1 and not names:
             rank = len(specs[0].shape) if specs[0].shape is not None else None

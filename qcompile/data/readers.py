@@ -3,9 +3,11 @@
 A folder's files are taken in name order; subfolders and files of other kinds are ignored and mixing kinds is
 an error. ``np.load`` always runs with ``allow_pickle=False``; header reads (shape only) never load an array.
 
-An image becomes one float32 sample  x = (pixels / 255 − mean) / std  per channel, in the model's layout (NCHW or
-NHWC) with a leading batch of 1: EXIF orientation applied, converted to RGB (3 channels) or L (1), resized
-bilinearly to the model's fixed height and width (or the configured size).
+An image becomes one float32 sample  x = (pixels / full_scale − mean) / std  per channel (full_scale 255 for 8-bit
+images, 65535 for 16-bit PNGs, whose range is kept), in the model's layout (NCHW or NHWC) with a leading batch of
+1: EXIF orientation applied, converted to RGB (3 channels) or L (1), resized bilinearly to the model's fixed
+height and width (or the configured size). Every array header and image size is checked against
+qcompile/data/limits.py before anything is allocated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from qcompile.config import ImageLayout, ImageOptions
+from qcompile.data.limits import check_array_header, check_image_size
 from qcompile.data.specs import Feed, InputSpec, data_error, format_names, format_shape
 from qcompile.data.validate import FeedValidator
 
@@ -81,6 +85,7 @@ def load_npz(path: Path, validator: FeedValidator) -> dict[str, np.ndarray]:
     with loaded:
         validator.names(loaded.files, where, "file")
         out = {}
+        check_npz_headers(loaded, loaded.files, where)
         for key in loaded.files:
             try:
                 out[key] = loaded[key]
@@ -90,9 +95,27 @@ def load_npz(path: Path, validator: FeedValidator) -> dict[str, np.ndarray]:
         return out
 
 
+def check_npz_headers(archive: Any, keys: Sequence[str], where: str) -> None:
+    """Every array ``keys`` of an open NpzFile is within the limits, from its header alone."""
+    for key in keys:
+        try:
+            with archive.zip.open(f"{key}.npy") as fp:
+                shape, dtype = _header(fp)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise data_error(f"{where}: array '{key}' has an unreadable header ({type(exc).__name__}: "
+                             f"{exc})") from None
+        check_array_header(shape, dtype, f"{where}: array '{key}'")
+
+
 def load_npy(path: Path) -> np.ndarray:
     """The array of an .npy file."""
     where = f"file {path}"
+    try:
+        with open(path, "rb") as fp:
+            shape, dtype = _header(fp)
+    except (OSError, ValueError, EOFError) as exc:
+        raise data_error(f"{where}: unreadable or corrupt .npy file ({type(exc).__name__}: {exc})") from None
+    check_array_header(shape, dtype, where)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -103,13 +126,18 @@ def load_npy(path: Path) -> np.ndarray:
     return loaded
 
 
-def _header_shape(fp: Any) -> tuple[int, ...]:
+def _header(fp: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """An .npy header's shape and dtype (nothing else is read)."""
     version = np.lib.format.read_magic(fp)
     if version == (1, 0):
-        shape, _, _ = np.lib.format.read_array_header_1_0(fp)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
     else:
-        shape, _, _ = np.lib.format.read_array_header_2_0(fp)
-    return tuple(shape)
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    return tuple(shape), dtype
+
+
+def _header_shape(fp: Any) -> tuple[int, ...]:
+    return _header(fp)[0]
 
 
 def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -165,7 +193,7 @@ def image_plan(specs: Sequence[InputSpec], image: ImageOptions, folder: Path) ->
         size = (h, w)
     else:
         raise data_error(f"{where}, but input '{spec.name}' {format_shape(spec.shape)} does not fix height and "
-                         "width; set the image size")
+                         "width; pass --image-size N or HxW (API: ImageOptions(size=(h, w)))")
     mean = np.asarray(image.mean, dtype=np.float32)
     std = np.asarray(image.std, dtype=np.float32)
     if len(mean) != n_channels:
@@ -177,21 +205,53 @@ def image_plan(specs: Sequence[InputSpec], image: ImageOptions, folder: Path) ->
     return ImagePlan(spec.name, "L" if n_channels == 1 else "RGB", size, mean, std, image.layout)
 
 
+#: Pillow's modes of 16-bit single-channel images (PNG); their pixels run to 65535.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _unit_pixels(img: Image.Image, plan: ImagePlan) -> np.ndarray:
+    """The image as HWC float32 in [0, 1], resized to the plan's size."""
+    h, w = plan.size
+    if img.mode in _SIXTEEN_BIT_MODES:   # converting to "L" would clip at 255: resize in float instead
+        unit = Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0, mode="F")
+        if unit.size != (w, h):
+            unit = unit.resize((w, h), Image.Resampling.BILINEAR)
+        pixels = np.asarray(unit, dtype=np.float32)[:, :, None]
+        return pixels.repeat(3, axis=2) if plan.mode == "RGB" else pixels
+    img = img.convert(plan.mode)
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.float32) / 255.0
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
 def load_image(path: Path, plan: ImagePlan) -> Feed:
     """One image as the feed ``{input: x}`` of the module docstring."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert(plan.mode)
-            h, w = plan.size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32)
+        with warnings.catch_warnings():
+            # our own size limit decides (below); Pillow's bomb warning would print before the error line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_image_size(*img.size, f"file {path}")
+                img = ImageOps.exif_transpose(img)
+                pixels = _unit_pixels(img, plan)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise data_error(f"file {path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    x = (pixels / 255.0 - plan.mean) / plan.std          # HWC
+    x = (pixels - plan.mean) / plan.std                  # HWC
     if plan.layout is ImageLayout.NCHW:
         x = x.transpose(2, 0, 1)
     return {plan.name: np.ascontiguousarray(x[None], dtype=np.float32)}
+
+
+def data_file_paths(path: str | os.PathLike | None) -> list[Path]:
+    """The files a data argument names: the file itself, or a folder's calibration files (a listing only; the
+    output guard protects them, and the readers report an unreadable folder)."""
+    if not path:
+        return []
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    try:
+        return [Path(e.path) for e in os.scandir(p) if e.is_file() and Path(e.name).suffix.lower() in KIND_BY_SUFFIX]
+    except OSError:
+        return []

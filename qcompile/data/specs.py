@@ -6,6 +6,7 @@ a str when symbolic and named, None when symbolic and unnamed (a negative dim_va
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from qcompile.errors import CalibrationDataError, UnsupportedModelError
 
 Dim = int | str | None
 Feed = dict[str, np.ndarray]
+# KV caches: Optimum writes past_key_values.N.key / .value -> present.N.key / .value; older exports past.N / present.N
+_PAST = re.compile(r"^(past_key_values|past)([._].+)$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,21 @@ def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """The InputSpec of every graph input that is not an initializer, in graph order."""
     initializers = {t.name for t in model.graph.initializer}
     return [InputSpec.from_value_info(v) for v in model.graph.input if v.name not in initializers]
+
+
+def present_name_for(past: str) -> str | None:
+    match = _PAST.match(past)
+    return f"present{match.group(2)}" if match else None
+
+
+def past_sequence_axis(spec: InputSpec) -> int | None:
+    """The axis of a past-cache input that counts earlier tokens (may be 0 in the prefill), or None.
+
+    Rule: the input is named as a past cache and has rank 4 ([B, heads, P, head_dim]) or 3 ([B*heads, P, d]);
+    its sequence axis is the second to last (Optimum, Hugging Face, ORT GenAI all put it there)."""
+    if present_name_for(spec.name) is None or spec.shape is None or len(spec.shape) not in (3, 4):
+        return None
+    return len(spec.shape) - 2
 
 
 def data_error(message: str) -> CalibrationDataError:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from qcompile.data.specs import Feed, InputSpec, data_error, format_names, format_shape
+from qcompile.data.specs import Feed, InputSpec, data_error, format_names, format_shape, past_sequence_axis
 
 
 def coerce_dtype(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
@@ -61,7 +61,8 @@ def check_finite(arr: np.ndarray, spec: InputSpec, where: str) -> None:
 
 
 def check_shape(arr: np.ndarray, spec: InputSpec, where: str) -> None:
-    """The model's rank, its fixed dims, symbolic dims > 0 and a non-empty batch."""
+    """The model's rank, its fixed dims, symbolic dims > 0 and a non-empty batch; a past KV cache's sequence
+    axis may be 0 (the prefill of a decoder starts from an empty cache)."""
     expected = f"expected shape {format_shape(spec.shape)}, found {tuple(arr.shape)}"
     if spec.shape is not None and arr.ndim != len(spec.shape):
         raise data_error(f"{where}: input '{spec.name}': rank {arr.ndim} != model rank {len(spec.shape)} "
@@ -70,12 +71,13 @@ def check_shape(arr: np.ndarray, spec: InputSpec, where: str) -> None:
         raise data_error(f"{where}: input '{spec.name}': empty batch (dim 0 is 0; {expected})")
     if spec.shape is None:
         return
+    may_be_empty = past_sequence_axis(spec)
     for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
         if isinstance(want, int):
             if got != want:
                 raise data_error(f"{where}: input '{spec.name}': dim {axis} is {got}, model fixes it to {want} "
                                  f"({expected})")
-        elif got <= 0:
+        elif got <= 0 and not (got == 0 and axis == may_be_empty):
             raise data_error(f"{where}: input '{spec.name}': dim {axis} is {got}, must be > 0 ({expected})")
 
 

@@ -9,6 +9,7 @@ onnx's own loader never sees a reference; every one is checked here first, then 
   alias a file outside the folder);
 - ``offset`` and ``length`` are non-negative integers with offset + length <= file size, and length equals
   the bytes the tensor's dtype and shape need; string tensors cannot be external;
+- the location is not the model file itself (its protobuf bytes are no tensor's data);
 - the model file plus every referenced slice is at most ``max_bytes``.
 
 A model given as bytes or a ModelProto has no folder to resolve against, so any reference in it is refused.
@@ -128,7 +129,7 @@ def _read_exact(fd: int, offset: int, length: int) -> bytes:
 
 
 def _load_external_data(model: onnx.ModelProto, base_dir: Path, name: str, max_bytes: int,
-                        file_size: int) -> tuple[Path, ...]:
+                        file_size: int, model_path: Path | None = None) -> tuple[Path, ...]:
     """Check every external reference in ``model`` and read its data into ``raw_data``; return the files read."""
     externals = [(t, where) for t, where in _iter_model_tensors(model) if _uses_external(t)]
     if not externals:
@@ -140,6 +141,8 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path, name: str, max_b
         for t, where in externals:
             location, offset, length = _external_info(t, where, name)
             real = _resolve_location(location, base_dir, base_real, where, name)
+            if model_path is not None and real == os.path.realpath(model_path):
+                raise load_error(name, f"{where}: external data location {location!r} is the model file itself")
             if real not in opened:
                 opened[real] = _open_external(real, location, where, name)
             size = opened[real][1].st_size

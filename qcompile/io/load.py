@@ -5,7 +5,8 @@ bytes) of at most ``max_bytes`` and at most protobuf's ``PROTOBUF_MAX_BYTES`` (r
 parses as ONNX (otherwise the error says what it looks like: PNG, zip, text, ...; messages nested past
 protobuf's recursion limit are named as such); it has a graph with at least one node; every in-memory
 ``raw_data`` holds exactly prod(dims) * itemsize bytes (sizes are computed from shapes elsewhere, so a lying
-shape is refused here); external data passes qcompile.io.external's rules.  Graph-level validation (data flow,
+shape is refused here); external data passes qcompile.io.external's rules; sparse initializers become dense
+(qcompile.io.sparse).  Graph-level validation (data flow,
 onnx.checker) is qcompile.io.validate's job.
 """
 
@@ -22,6 +23,7 @@ import onnx
 from qcompile.io.external import _load_external_data, _reject_external
 from qcompile.io.limits import DEFAULT_MAX_BYTES, PROTOBUF_MAX_BYTES
 from qcompile.io.messages import load_error
+from qcompile.io.sparse import densify_sparse_initializers
 from qcompile.io.tensors import _iter_model_tensors, _known_nbytes, _uses_external, model_size_bytes
 
 __all__ = ["LoadedModel", "load_model"]
@@ -178,10 +180,11 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto, *,
         model = _parse(data, name)
         del data
         _check_inline_sizes(model, name)  # before external data is read into raw_data (checked there)
-        files = _load_external_data(model, path.parent, name, max_bytes, file_size)
+        files = _load_external_data(model, path.parent, name, max_bytes, file_size, model_path=path)
     else:
         raise TypeError(f"load_model expects a path, bytes or onnx.ModelProto, not {type(source).__name__}")
     _check_structure(model, name)
+    densify_sparse_initializers(model, name, max_bytes)
     size = model_size_bytes(model)
     if size > max_bytes:
         raise load_error(name, f"the model takes {size} bytes, more than the limit of {max_bytes}")

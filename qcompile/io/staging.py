@@ -53,7 +53,7 @@ def _check_destination(dest: Path, protected: Sequence[str | os.PathLike], *, wh
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back for a few renames (main thread only); a held signal goes to its handler on exit.
+    """Hold SIGINT/SIGTERM/SIGHUP back for a few renames (main thread only); a held signal goes to its handler on exit.
 
     The Python-level handlers are swapped for one that only records, rather than masking the signals: a mask
     covers the calling thread only, and the kernel hands a process-directed signal to any thread that does not
@@ -63,7 +63,7 @@ def _signals_held() -> Iterator[None]:
         return
     received: list[int] = []
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is not None:       # None: a handler not installed from Python; leave it
             previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
     try:

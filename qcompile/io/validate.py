@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 import onnx
 
 from qcompile.io.limits import SERIALISABLE_BYTES
+from qcompile.errors import ModelLoadError
 from qcompile.io.messages import load_error
 
 __all__ = ["check_model_structure", "with_unique_node_names"]

@@ -9,6 +9,9 @@ For an integer type with range [q_min, q_max] and a real range [r_min, r_max] (a
 dequantise: x ≈ (q - zp) * scale. With ``reduce_range`` the integer range loses one bit (int8 [-64, 63],
 uint8 [0, 127]) so u8s8 products cannot saturate VPMADDUBSW's int16 accumulators on AVX2 without VNNI.
 A zero-width range yields scale 1.0 (any scale represents a constant 0 exactly; the constant is then held by zp).
+
+FLOAT8E4M3FN is the one non-integer element type: always symmetric, s = max(|r_min|, |r_max|) / 448, zero point
+0, saturating round-to-nearest-even (numerics/fp8.py); ``reduce_range`` does not apply to it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcompile.numerics.fp8 import E4M3FN, dequantize_fp8, fp8_scale, quantize_fp8
+
 
 class QuantDType(enum.Enum):
-    """Integer element types qcompile emits."""
+    """Element types qcompile emits: integers, and FP8 E4M3FN (a float code, see numerics/fp8.py)."""
 
     INT8 = "int8"
     UINT8 = "uint8"
@@ -28,16 +33,24 @@ class QuantDType(enum.Enum):
     UINT4 = "uint4"
     INT16 = "int16"
     UINT16 = "uint16"
+    FLOAT8E4M3FN = "float8e4m3fn"
 
     @property
     def bits(self) -> int:
-        return {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int16": 16, "uint16": 16}[self.value]
+        return {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int16": 16, "uint16": 16, "float8e4m3fn": 8}[self.value]
 
     @property
     def signed(self) -> bool:
-        return self.value.startswith("int")
+        return not self.value.startswith("uint")
+
+    @property
+    def is_float(self) -> bool:
+        """A floating-point code (FP8): symmetric, zero point 0, no integer range."""
+        return self is QuantDType.FLOAT8E4M3FN
 
     def int_range(self, reduce_range: bool = False) -> tuple[int, int]:
+        if self.is_float:
+            raise ValueError(f"{self.value} is a float format and has no integer range")
         bits = self.bits - (1 if reduce_range else 0)
         if self.signed:
             return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -47,7 +60,7 @@ class QuantDType(enum.Enum):
     def numpy_dtype(self) -> np.dtype:
         # int4/uint4 are carried in int8/uint8 arrays until packed.
         return np.dtype({"int8": np.int8, "uint8": np.uint8, "int4": np.int8, "uint4": np.uint8,
-                         "int16": np.int16, "uint16": np.uint16}[self.value])
+                         "int16": np.int16, "uint16": np.uint16, "float8e4m3fn": E4M3FN}[self.value])
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,9 @@ def compute_qparams(lo, hi, dtype: QuantDType, *, symmetric: bool, reduce_range:
     """Scale/zero point for the range [lo, hi] (scalars or per-channel arrays); see the module docstring."""
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    if dtype.is_float:
+        scale = fp8_scale(np.maximum(np.abs(lo), hi))
+        return QParams(scale=scale, zero_point=np.zeros(scale.shape, dtype=E4M3FN), dtype=dtype, axis=axis)
     q_min, q_max = dtype.int_range(reduce_range)
     if symmetric:
         absmax = np.maximum(np.abs(lo), np.abs(hi))
@@ -109,7 +125,8 @@ def compute_qparams(lo, hi, dtype: QuantDType, *, symmetric: bool, reduce_range:
 
 
 def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    scale, zp = params.scale.astype(np.float32), params.zero_point.astype(np.int64)
+    scale, zp = params.scale.astype(np.float32), params.zero_point.astype(np.float32 if params.dtype.is_float
+                                                                          else np.int64)
     if params.axis is not None and scale.ndim == 1:
         shape = [1] * ndim
         shape[params.axis] = -1
@@ -120,6 +137,8 @@ def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
 def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
     """q = clip(round_half_even(x / scale) + zp, q_min, q_max), as ONNX QuantizeLinear computes it."""
     scale, zp = _broadcast(params, np.ndim(x))
+    if params.dtype.is_float:
+        return quantize_fp8(x, scale)
     q_min, q_max = params.dtype.int_range(False)
     q = np.rint(np.asarray(x, dtype=np.float32) / scale) + zp
     return np.clip(q, q_min, q_max).astype(params.dtype.numpy_dtype)
@@ -128,6 +147,8 @@ def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
 def dequantize(q: np.ndarray, params: QParams) -> np.ndarray:
     """x = (q - zp) * scale, as ONNX DequantizeLinear computes it."""
     scale, zp = _broadcast(params, np.ndim(q))
+    if params.dtype.is_float:
+        return dequantize_fp8(q, scale)
     return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
 
 

@@ -54,6 +54,8 @@ def _num(value: Any, digits: int = 4) -> str:
         return "∞" if value == "inf" else _e(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if not isinstance(value, (int, float)):   # a report from elsewhere may hold anything (report_schema.py)
+        return "–"
     if isinstance(value, int):
         return f"{value:,}"
     if not math.isfinite(value):
@@ -103,14 +105,30 @@ def _summary(data: Mapping[str, Any]) -> str:
         cards.append(_card("Latency vs FP32", f"{_num(latency.get('after_vs_fp32'), 2)}×",
                            f"{_num(latency.get('after_ms'), 2)} ms vs {_num(latency.get('fp32_ms'), 2)} ms, batch 1, "
                            f"{_num(latency.get('threads'))} thread"))
+    elif (data.get("latency") or {}).get("ratio") is not None:
+        quick = data["latency"]
+        cards.append(_card("Latency vs FP32", f"{_num(quick.get('ratio'), 2)}×",
+                           f"{_num(quick.get('quantized_ms'), 3)} ms vs {_num(quick.get('fp32_ms'), 3)} ms, batch "
+                           f"{_num(quick.get('batch'))}, {_num(quick.get('threads'))} thread, quick check"))
     else:
-        cards.append(_card("Latency", "not measured", "measured with an accuracy budget, or run qcompile compare"))
+        reason = (data.get("latency") or {}).get("skipped") or "run qcompile compare"
+        cards.append(_card("Latency", "not measured", _e(reason)))
     for name, entry in (data.get("fidelity", {}).get("outputs") or {}).items():
-        detail = f"output {_e(name)}: SQNR {_num(entry.get('sqnr_db'), 1)} dB"
-        if "top1_agreement" in entry:
+        role = f" ({_e(entry['role'].replace('_', ' '))})" if entry.get("role") else ""
+        detail = f"output {_e(name)}{role}: SQNR {_num(entry.get('sqnr_db'), 1)} dB"
+        if "sequence_agreement" in entry:
+            detail += (f", per-step argmax agreement {_num(entry['top1_agreement'], 3)}, sequence agreement "
+                       f"{_num(entry['sequence_agreement'], 3)}")
+        elif "candidate_agreement" in entry:
+            detail += (f", confident detections agreeing {_num(entry['candidate_agreement'], 3)}, score error "
+                       f"{_num(entry.get('score_abs_error'), 3)}"
+                       + (f", box error {_num(entry['box_relative_error'], 3)}" if "box_relative_error" in entry else ""))
+        elif "top1_agreement" in entry:
             detail += f", top-1 agreement {_num(entry['top1_agreement'], 3)}"
+        fidelity = data.get("fidelity") or {}
+        kind = "held-out items" if fidelity.get("held_out") else "calibration items, not held out"
         cards.append(_card("Cosine vs FP32", _num(entry.get("cosine_mean")),
-                           detail + f" ({_num(entry.get('samples'))} calibration samples)"))
+                           detail + f", worst {_num(entry.get('cosine_min'))} ({_num(entry.get('samples'))} {kind})"))
     cards.append(_card("Compile time", f"{_num(summary.get('compile_seconds'), 1)} s"))
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -162,9 +180,9 @@ def _sqnr_chart(layers: Mapping[str, Any]) -> str:
         return '<p class="muted">No per-layer SQNR in this report.</p>'
     note = ""
     if len(nodes) > MAX_CHART_ROWS:
-        keep = {n["name"] for n in sorted(nodes, key=lambda n: _db(n["output_sqnr_db"]))[:MAX_CHART_ROWS]}
+        keep = {id(n) for n in sorted(nodes, key=lambda n: _db(n["output_sqnr_db"]))[:MAX_CHART_ROWS]}
         note = f'<p class="muted">{len(nodes)} layers; the {MAX_CHART_ROWS} with the lowest SQNR are drawn.</p>'
-        nodes = [n for n in nodes if n["name"] in keep]
+        nodes = [n for n in nodes if id(n) in keep]
     finite = [v for n in nodes for v in (_db(n.get("output_sqnr_db")), _db(n.get("output_sqnr_db_after")))
               if v is not None and math.isfinite(v)]
     top = max(10.0, math.ceil(max(finite, default=40.0) / 10) * 10)
@@ -327,21 +345,6 @@ def render_html(data: Mapping[str, Any]) -> str:
             "img-src data:\">"
             f"<title>qcompile report: {_e(Path(str(source)).name)}</title><style>{_CSS}</style></head>"
             f"<body><main>{''.join(sections)}</main></body></html>")
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """A compile report's JSON; ReportError if it cannot be read."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"cannot read report {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"report {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "summary" not in data:
-        raise ReportError(f"{path} is not a qcompile compile report (no summary)")
-    return data
 
 
 def default_html_path(report_path: Path) -> Path:

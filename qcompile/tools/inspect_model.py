@@ -21,9 +21,11 @@ from qcompile.config import CompileConfig
 from qcompile.io import LoadedModel, load_model
 from qcompile.pass_infra import PassContext, StatRequest, run_steps
 from qcompile.passes.quantize.insert_qdq import plan_quantization
+from qcompile.passes.quantize.quantize_recurrent import plan_recurrent
 from qcompile.passes.quantize.quantize_subgraphs import graph_scopes
 from qcompile.pipeline import build_steps
 from qcompile.preparation import prepare_compile
+from qcompile.graph.ops import RECURRENT_OPS
 from qcompile.selection import COMPUTE_OPS, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,11 @@ def inspect_model(model: str | bytes | onnx.ModelProto, config: CompileConfig | 
                 nodes.append({"name": node.name, "op_type": node.op, "plan": "quantize", "scope": scope.owner,
                               "reason": f"{selection.weight.dtype.value} weights, "
                                         f"{(selection.activation.dtype or profile.activation_dtype).value} activations"})
+            elif node.op in RECURRENT_OPS:
+                form, reason = plan_recurrent(node, selections[node.name], config.target)
+                nodes.append({"name": node.name, "op_type": node.op, "plan": "float" if form is None else "quantize",
+                              "scope": scope.owner,
+                              "reason": reason if form is None else f"int8 W and R per gate row, {form.value}: {reason}"})
             elif node.name in plan.skipped or node.op in COMPUTE_OPS:
                 op, reason = plan.skipped.get(node.name, (node.op, selections[node.name].reason))
                 nodes.append({"name": node.name, "op_type": op, "plan": "float", "scope": scope.owner,

@@ -1,0 +1,133 @@
+"""The final classifier's precision, decided by measurement instead of a blanket "stays float" rule.
+
+Let C be the final-classifier nodes (qcompile/selection.py ``classifier_nodes``: compute nodes whose output reaches
+a model output through bias adds and data movement only, If branches included) that the compile quantised, and Y the FP32 outputs on
+the first n calibration items. The same statistics give two emissions (no second calibration): Ŷ_q with C
+quantised and Ŷ_f with C float. Per float output o, with
+
+    SQNR(o) = 10·log10(Σ Y² / Σ (Ŷ − Y)²)        a(o) = top-1 agreement with Y (rank-2 outputs, several classes)
+
+(qcompile/accuracy/fidelity.py, ORT with full graph optimisation: the kernels users get),
+
+    C stays quantised  iff  for every output o:  SQNR_f(o) − SQNR_q(o) ≤ max_sqnr_drop_db
+                                                 and  a_f(o) − a_q(o) ≤ max_agreement_drop
+
+Default 1 dB: the classifier may add at most 10^0.1 − 1 ≈ 26 % to the output's error power, i.e. stay well
+below the error the rest of the network already makes, and it must not lose a top-1 decision on the n items
+(max_agreement_drop 0). Why measure: the classifier is often the largest weight of a CNN (EfficientNet-Lite0:
+28 % of the bytes), and whether its int8 error is visible depends on the model, not on its position.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import onnx
+
+from qcompile.accuracy.fidelity import Fidelity, compare_outputs, run_outputs
+from qcompile.config import ClassifierConfig, CompileConfig
+from qcompile.emitter import Emission, Emitter
+from qcompile.errors import QCompileError
+from qcompile.io.validate import with_unique_node_names
+from qcompile.pass_infra import NodeDecision, NodeStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassifierChoice:
+    """The emission kept and the report's "classifier" section."""
+
+    emission: Emission
+    report: Mapping[str, Any]
+
+
+def measures_classifier(config: CompileConfig) -> bool:
+    """Whether a compile measures the classifier: asked for, not forced to int8, static int8 (the weight-only
+    presets give the classifier its own bits, config/weight_only.py)."""
+    return config.classifier.measure and not config.quantize_classifier and config.preset.weight_only_bits is None
+
+
+def rule_changed_nodes(quantized: Emission, kept_float: Emission) -> list[str]:
+    """Nodes ``quantized`` quantised and ``kept_float`` skipped: the final classifiers the selection rule keeps
+    float, in the main graph or in an If branch computing a model output (passes/quantize/quantize_subgraphs.py)."""
+    return sorted(name for name, d in quantized.ctx.decisions.items() if d.status is NodeStatus.QUANTIZED
+                  and (f := kept_float.ctx.decisions.get(name)) is not None and f.status is NodeStatus.SKIPPED)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return {"inf": float("inf"), "-inf": float("-inf")}.get(value) if isinstance(value, str) else None
+
+
+def classifier_costs(quantized: Fidelity, kept_float: Fidelity) -> dict[str, dict[str, float | None]]:
+    """Per output: SQNR drop (dB) and top-1 agreement drop from quantising the classifier."""
+    costs = {}
+    for name, q in quantized.outputs.items():
+        f = kept_float.outputs[name]
+        sqnr_q, sqnr_f = _finite(q.get("sqnr_db")), _finite(f.get("sqnr_db"))
+        drop = None
+        if sqnr_q is not None and sqnr_f is not None:
+            drop = 0.0 if sqnr_q == sqnr_f else sqnr_f - sqnr_q     # inf - inf (both exact) is no drop
+        agreement = (f["top1_agreement"] - q["top1_agreement"]) if "top1_agreement" in q else None
+        costs[name] = {"sqnr_db_quantized": sqnr_q, "sqnr_db_float": sqnr_f, "sqnr_drop_db": drop,
+                       "top1_agreement_quantized": q.get("top1_agreement"),
+                       "top1_agreement_float": f.get("top1_agreement"), "top1_agreement_drop": agreement}
+    return costs
+
+
+def within_tolerance(costs: Mapping[str, Mapping[str, float | None]], settings: ClassifierConfig) -> bool:
+    """The rule of the module docstring; an output whose SQNR is not a number (NaN outputs) fails it."""
+    for cost in costs.values():
+        drop = cost["sqnr_drop_db"]
+        if drop is None or drop != drop or drop > settings.max_sqnr_drop_db:
+            return False
+        agreement = cost["top1_agreement_drop"]
+        if agreement is not None and agreement > settings.max_agreement_drop + 1e-12:
+            return False
+    return True
+
+
+def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emission, int8_emitter: Emitter,
+                                calibration: Iterable, settings: ClassifierConfig) -> ClassifierChoice:
+    """Keep ``kept_float`` (the compile as the selection rule made it) or the re-emission with the classifier
+    int8, by the module docstring's rule. The int8 emission gathers only the statistics the first one lacked
+    (the classifier's input range); if they cannot be gathered (NaN on its input), the classifier stays float."""
+    try:
+        quantized = int8_emitter.emit()
+    except QCompileError as exc:
+        logger.info("final classifier kept float: the int8 variant failed: %s", exc)
+        return ClassifierChoice(kept_float, {"nodes": [], "decision": "float",
+                                             "reason": f"the int8 classifier could not be compiled: {exc}"})
+    names = rule_changed_nodes(quantized, kept_float)
+    if not names:
+        return ClassifierChoice(kept_float, {"nodes": [], "decision": "no final classifier to quantise"})
+    items = list(itertools.islice(calibration, settings.samples))
+    _, ref_outputs = run_outputs(with_unique_node_names(reference), items)
+    costs = classifier_costs(compare_outputs(ref_outputs, run_outputs(quantized.model, items)[1]),
+                             compare_outputs(ref_outputs, run_outputs(kept_float.model, items)[1]))
+    keep_int8 = within_tolerance(costs, settings)
+    summary = "; ".join(f"{o}: SQNR drop {_fmt(c['sqnr_drop_db'])} dB, top-1 agreement drop "
+                        f"{_fmt(c['top1_agreement_drop'])}" for o, c in costs.items())
+    report = {"nodes": names, "samples": len(items), "max_sqnr_drop_db": settings.max_sqnr_drop_db,
+              "max_agreement_drop": settings.max_agreement_drop, "outputs": costs,
+              "decision": "int8" if keep_int8 else "float"}
+    logger.info("final classifier %s: %s (on %d calibration items)", "quantised" if keep_int8 else "kept float",
+                summary, len(items))
+    chosen = quantized if keep_int8 else kept_float
+    verdict = "quantised" if keep_int8 else "kept float"
+    for name in names:
+        decision = chosen.ctx.decisions[name]
+        chosen.ctx.decisions[name] = NodeDecision(
+            name, decision.op_type, decision.status,
+            f"final classifier {verdict}: quantising it measured {summary} (tolerance "
+            f"{settings.max_sqnr_drop_db} dB, {settings.max_agreement_drop} agreement)", decision.detail)
+    return ClassifierChoice(chosen, report)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

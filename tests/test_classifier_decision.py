@@ -1,0 +1,102 @@
+"""The measured final-classifier decision (qcompile/accuracy/classifier.py): rule, report, node status."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.generate import if_subgraph_model, make_samples
+
+from qcompile.accuracy.classifier import choose_classifier_precision, within_tolerance
+from qcompile.api import compile_model
+from qcompile.config import ClassifierConfig, CompileConfig
+from qcompile.emitter import Emission
+from qcompile.errors import CalibrationError, ConfigError
+from qcompile.pass_infra import PassContext
+
+SETTINGS = ClassifierConfig(measure=True)   # 1 dB, no agreement loss
+MEASURED = CompileConfig(classifier=SETTINGS)
+
+
+def _cost(drop, agreement=None):
+    return {"sqnr_drop_db": drop, "top1_agreement_drop": agreement}
+
+
+@pytest.mark.parametrize(("costs", "expected"), [
+    ({"y": _cost(0.5)}, True), ({"y": _cost(1.0, 0.0)}, True), ({"y": _cost(-2.0, -0.1)}, True),
+    ({"y": _cost(1.01)}, False), ({"y": _cost(0.1, 0.03)}, False), ({"y": _cost(None)}, False),
+    ({"y": _cost(float("nan"))}, False), ({"a": _cost(0.2), "b": _cost(3.0)}, False)])
+def test_tolerance_rule(costs, expected):
+    assert within_tolerance(costs, SETTINGS) is expected
+
+
+def test_bad_settings_are_config_errors():
+    for kwargs in ({"max_sqnr_drop_db": -1.0}, {"max_agreement_drop": 2.0}, {"samples": 0}):
+        with pytest.raises(ConfigError):
+            ClassifierConfig(**kwargs)
+
+
+def _classifier_status(result):
+    section = result.report.data["classifier"]
+    statuses = {n["name"]: n for n in result.report.data["nodes"]}
+    return section, [statuses[name] for name in section["nodes"]]
+
+
+def test_measured_compile_follows_the_rule(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    section, nodes = _classifier_status(compile_model(model, calib, MEASURED))
+    assert section["nodes"] and section["samples"] == 16
+    expected = "int8" if within_tolerance(section["outputs"], SETTINGS) else "float"
+    assert section["decision"] == expected
+    assert all(n["status"] == ("quantized" if expected == "int8" else "skipped") for n in nodes)
+    assert all("measured" in n["reason"] for n in nodes)
+
+
+@pytest.mark.parametrize(("settings", "decision"), [
+    (ClassifierConfig(measure=True, max_sqnr_drop_db=1e6, max_agreement_drop=1.0), "int8"),
+    (ClassifierConfig(measure=True, max_sqnr_drop_db=0.0, max_agreement_drop=0.0), None)])
+def test_tolerance_decides(tiny_cnn_case, settings, decision):
+    model, calib = tiny_cnn_case
+    section, nodes = _classifier_status(compile_model(model, calib, CompileConfig(classifier=settings)))
+    drop = next(iter(section["outputs"].values()))["sqnr_drop_db"]
+    assert section["decision"] == (decision or ("int8" if drop <= 0 else "float"))
+
+
+def test_unmeasured_keeps_it_float_and_forced_quantises_it(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    result = compile_model(model, calib)          # the default: the selection rule, unmeasured
+    assert result.report.data["classifier"] is None
+    assert any(n["status"] == "skipped" and "final classifier" in n["reason"] for n in result.report.data["nodes"])
+    forced = compile_model(model, calib, CompileConfig(quantize_classifier=True))
+    assert forced.report.data["classifier"] is None
+    assert not any("final classifier" in n["reason"] for n in forced.report.data["nodes"])
+
+
+def _if_samples(count):
+    return make_samples("if_subgraph_model", count)
+
+
+def test_a_classifier_inside_an_if_branch_is_measured_too():
+    """The measured nodes are those the selection rule keeps float, wherever they are (here: an If branch
+    computing the logits, passes/quantize/quantize_subgraphs.py)."""
+    result = compile_model(if_subgraph_model(), _if_samples(16), MEASURED)
+    section = result.report.data["classifier"]
+    assert section["nodes"] == ["then/MatMul_0"]
+    status = {n["name"]: n for n in result.report.data["nodes"]}["then/MatMul_0"]["status"]
+    assert status == ("quantized" if section["decision"] == "int8" else "skipped")
+
+
+class _FailingEmitter:
+    def emit(self):
+        raise CalibrationError("tensor 'r1' on calibration data: calibration batch holds NaN or Inf values")
+
+
+def test_a_classifier_that_cannot_be_calibrated_stays_float(tiny_cnn_case):
+    """The int8 variant gathers the classifier's input range on top of the compile's; if that fails (NaN on
+    a tensor only the classifier reads), the compile as the rule made it stands, with the reason reported."""
+    model, calib = tiny_cnn_case
+    baseline = compile_model(model, calib)
+    emission = Emission(baseline.model, PassContext(config=CompileConfig(), target=None), (), CompileConfig(), ())
+    choice = choose_classifier_precision(reference=baseline.model, kept_float=emission,
+                                         int8_emitter=_FailingEmitter(), calibration=[], settings=SETTINGS)
+    assert choice.emission is emission and choice.report["decision"] == "float"
+    assert "NaN" in choice.report["reason"]
