@@ -23,6 +23,7 @@ from qcompile.calibrators.channel import ChannelAbsMaxCalibrator
 from qcompile.calibrators.channel_mean import ChannelMeanCalibrator
 from qcompile.calibrators.hessian import HessianCalibrator
 from qcompile.calibrators.factory import make_calibrator
+from qcompile.calibrators.patch_moments import PatchMomentsCalibrator
 from qcompile.calibrators.range_rules import apply_range_rules
 from qcompile.calibrators.row_sample import RowSampleCalibrator
 from qcompile.calibrators.subgraph_outputs import (conditional_in_stacking_names, expose_subgraph_tensors,
@@ -44,6 +45,8 @@ def _make_calibrator(request: StatRequest):
         return ChannelAbsMaxCalibrator(axis=request.axis if request.axis is not None else -1)
     if request.kind is StatKind.CHANNEL_MEAN:
         return ChannelMeanCalibrator(axis=request.axis if request.axis is not None else -1)
+    if request.kind is StatKind.PATCH_MOMENTS:
+        return PatchMomentsCalibrator(request.patch, max_rows=max(request.sample_rows, 1))
     if request.kind is StatKind.ROW_SAMPLE:
         return RowSampleCalibrator(axis=request.axis if request.axis is not None else -1,
                                    capacity=max(request.sample_rows, 1))

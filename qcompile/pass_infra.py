@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 
 from qcompile.config import CalibrationMethod, CompileConfig, TargetProfile
 from qcompile.errors import PassError, QCompileError
+from qcompile.numerics.patches import PatchGeometry
 from qcompile.numerics.qparams import TensorRange
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class StatKind(enum.Enum):
     CHANNEL_MEAN = "channel_mean"      # per-channel mean along an axis (bias correction)
     ROW_SAMPLE = "row_sample"          # per-channel min/max + a bounded uniform sample of rows (SmoothQuant α search)
     HESSIAN = "hessian"                # mean x xᵀ over rows of the last axis (GPTQ/AWQ); value: HessianStat
+    PATCH_MOMENTS = "patch_moments"    # mean P Pᵀ and mean P of Conv patches / MatMul rows; value: PatchMoments
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class StatRequest:
     symmetric: bool = False
     unsigned: bool = True
     axis: int | None = None
-    sample_rows: int = 0               # ROW_SAMPLE: how many rows to keep
+    sample_rows: int = 0               # ROW_SAMPLE: how many rows to keep; PATCH_MOMENTS: rows per batch
+    patch: PatchGeometry | None = None  # PATCH_MOMENTS: the Conv's geometry (None: MatMul/Gemm rows)
 
 
 class NodeStatus(enum.Enum):

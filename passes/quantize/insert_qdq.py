@@ -35,6 +35,7 @@ from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, No
                                  StatKind, StatRequest)
 from qcompile.passes.quantize.qdq_math import bias_scale, corrected_bias, int32_bias, weight_qparams
 from qcompile.passes.quantize.qdq_rules import is_activation_matmul, is_float_tensor, unsupported_reason, weight_axis
+from qcompile.passes.quantize.weight_rounding import RoundingPlan, learned_weight_codes, plan_rounding
 from qcompile.selection import NodeSelection, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class InsertQDQPass(CalibratedPass):
 
     def __init__(self, *, subgraph: bool = False, classifier_rule: bool = True) -> None:
         self._plan: QuantPlan | None = None
+        self._rounding: RoundingPlan | None = None
         self._subgraph = subgraph                # an If/Loop/Scan body (see passes/quantize_subgraphs.py)
         self._classifier_rule = classifier_rule
 
@@ -203,6 +205,11 @@ class InsertQDQPass(CalibratedPass):
                                       classifier_rule=self._classifier_rule)
             self._plan = plan_quantization(graph, selections, ctx.target,
                                            activation_matmuls=ctx.config.quantize_activation_matmuls)
+            # learned rounding of integer weights (not float8) in the main graph only (body tensors are
+            # calibrated stacked over iterations)
+            self._rounding = plan_rounding([] if self._subgraph else [
+                n for n, selection, _ in self._plan.nodes.values() if not selection.weight.dtype.is_float],
+                ctx.config)
         return self._plan
 
     def stat_requests(self, graph: gs.Graph, ctx: PassContext):
@@ -212,7 +219,7 @@ class InsertQDQPass(CalibratedPass):
         if ctx.config.bias_correction:
             requests += [_mean_request(node.inputs[0].name, node.op) for node, _, _ in plan.nodes.values()
                          if node.op in _BIAS_CORRECTED_OPS]
-        return requests
+        return requests + [r for r in dict.fromkeys(self._rounding.requests.values()) if r not in requests]
 
     @staticmethod
     def _activation_dtype(ctx: PassContext) -> QuantDType:
@@ -285,16 +292,19 @@ class InsertQDQPass(CalibratedPass):
             # the bias limits the weight scale (see qdq_math.weight_qparams), so it is part of the key
             key = (weight.name, axis, bias.name if bias is not None else None,
                    float(x_params.scale) if bias is not None else None)
+            rounding: dict = {}
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
                                                            profile.reduce_range,
                                                            bias if profile.quantize_bias else None, x_params,
-                                                           copy=sum(k[0] == weight.name for k in weight_cache))
+                                                           copy=sum(k[0] == weight.name for k in weight_cache),
+                                                           round_codes=self._round_codes(node, ctx, correct, rounding))
+                stats["learned_rounding"] += rounding.get("rounding") == "learned"
             w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
             detail = {"weight_dtype": selection.weight.dtype.value, "per_channel": axis is not None,
                       "reduce_range": profile.reduce_range, "activation_dtype": act_dtype.value,
-                      "input_scale": float(x_params.scale)}
+                      "input_scale": float(x_params.scale), **rounding}
             if bias is not None:
                 bias_scale(x_params, w_params, node.name)   # before bias correction, which overflows alike
                 if correct:
@@ -314,6 +324,21 @@ class InsertQDQPass(CalibratedPass):
                                     format_label(act_dtype, selection.weight.dtype), detail))
             stats["quantized"] += 1
             stats[f"quantized_{node.op}"] += 1
+
+    def _round_codes(self, node: gs.Node, ctx: PassContext, bias_corrected: bool, detail: dict):
+        """The learned-rounding function for this node's weight (filling ``detail``), or None: nearest."""
+        request = self._rounding.requests.get(node.name) if self._rounding else None
+        if request is None or request not in ctx.statistics:
+            if self._rounding and node.name in self._rounding.declined:
+                detail["rounding"] = self._rounding.declined[node.name]
+            return None
+
+        def round_codes(values: np.ndarray, params: QParams, reduce_range: bool) -> np.ndarray:
+            codes, found = learned_weight_codes(node, values, params, reduce_range, ctx.statistics[request],
+                                                bias_corrected, ctx.config.rounding.max_sweeps)
+            detail.update(found)
+            return codes
+        return round_codes
 
     @staticmethod
     def _insert_activation_qdq(graph: gs.Graph, point: QuantPoint, params: QParams) -> gs.Variable:
@@ -336,10 +361,11 @@ class InsertQDQPass(CalibratedPass):
     @staticmethod
     def _insert_weight_dq(graph: gs.Graph, weight: gs.Constant, axis: int | None, spec: QuantSpec,
                           reduce_range: bool, bias: gs.Constant | None,
-                          x_params: QParams, copy: int = 0) -> tuple[gs.Variable, QParams, np.ndarray]:
+                          x_params: QParams, copy: int = 0,
+                          round_codes=None) -> tuple[gs.Variable, QParams, np.ndarray]:
         values = weight.values.astype(np.float32)
         params = weight_qparams(values, axis, spec, reduce_range, bias.values if bias is not None else None, x_params)
-        q_values = quantize(values, params)
+        q_values = quantize(values, params) if round_codes is None else round_codes(values, params, reduce_range)
         base = weight.name if not copy else f"{weight.name}_{copy}"  # a shared weight quantised twice
         q_const = gs.Constant(f"{base}_q", q_values)
         scale = gs.Constant(f"{base}_scale", params.scale.astype(np.float32))

@@ -16,7 +16,7 @@ from typing import Any
 
 from qcompile.config import (AccuracyBudget, CalibrationMethod, CalibrationProvider, CompileConfig, ImageLayout,
                              LayerAnalysis, Preset, SmoothScope, Target, WeightOnlyAlgorithm, WeightOnlyForm,
-                             WorkersConfig, from_toml, parse_alpha, weight_only_from_mapping)
+                             WeightRounding, WorkersConfig, from_toml, parse_alpha, weight_only_from_mapping)
 from qcompile.errors import ConfigError
 
 
@@ -52,6 +52,7 @@ class CompileFlags:
     workers: str | None = None
     calib_provider: CalibrationProvider | None = None
     custom_op_library: str | None = None
+    weight_rounding: WeightRounding | None = None
     # weight-only
     preset: Preset | None = None
     block_size: int | None = None
@@ -129,6 +130,8 @@ def _selection_and_calibration(config: CompileConfig, flags: CompileFlags) -> di
     changes: dict[str, Any] = {}
     if flags.op_types:
         changes["op_types"] = _split_csv(flags.op_types)
+    if flags.weight_rounding is not None:
+        changes["rounding"] = dataclasses.replace(config.rounding, method=flags.weight_rounding)
     if flags.exclude:
         changes["exclude"] = config.exclude + _split_csv(flags.exclude)
     if flags.quantize_classifier:

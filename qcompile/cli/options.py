@@ -16,7 +16,7 @@ import click
 
 from qcompile.cli.build import OutlierSides
 from qcompile.config import (AccuracyBudget, CalibrationMethod, CalibrationProvider, CompileConfig, ImageLayout,
-                             LayerAnalysis, Preset, Target, WeightOnlyAlgorithm, WeightOnlyForm)
+                             LayerAnalysis, Preset, Target, WeightOnlyAlgorithm, WeightOnlyForm, WeightRounding)
 
 _DEFAULT = CompileConfig()
 _DEFAULT_EVAL_SAMPLES = {f.name: f.default for f in dataclasses.fields(AccuracyBudget)}["eval_samples"]
@@ -86,6 +86,9 @@ calibration_options = _stack(
                  help="Seconds one run of the model on one item may take (calibration, fidelity)."),
     click.option("--fidelity-samples", type=int, show_default=str(_DEFAULT.fidelity_samples),
                  help="Items fidelity vs FP32 is measured on (held-out ones where there are, see --eval-data)."),
+    click.option("--weight-rounding", type=EnumChoice(WeightRounding), show_default=_DEFAULT.rounding.method.value,
+                 help="Static INT8 weights: round to nearest, or learn floor/ceil per weight on the calibration "
+                      "inputs (minimises each layer's output error)."),
 )
 
 target_options = _stack(

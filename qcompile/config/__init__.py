@@ -14,6 +14,7 @@ from qcompile.config.compile import (DEFAULT_OP_TYPES, QUANTIZABLE_OP_TYPES, REC
                                      STATIC_COMPUTE_OP_TYPES, CompileConfig, config_from_mapping, from_toml)
 from qcompile.config.mapping import parse_alpha, weight_only_from_mapping
 from qcompile.config.quant import CalibrationMethod, EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec
+from qcompile.config.rounding import RoundingConfig, WeightRounding
 from qcompile.config.target import CpuFeatures, Target, TargetProfile
 from qcompile.config.transforms import AUTO_ALPHA_GRID, OutlierSplitConfig, SmoothQuantConfig, SmoothScope
 from qcompile.config.weight_only import (NumberFormat, Preset, ScaleDType, WeightOnlyAlgorithm, WeightOnlyConfig,
@@ -24,8 +25,9 @@ __all__ = [
     "STATIC_COMPUTE_OP_TYPES",
     "AccuracyBudget", "AnalysisConfig", "CalibrationConfig", "ClassifierConfig", "CalibrationMethod", "CalibrationProvider",
     "CompileConfig", "CpuFeatures", "EmbeddingQuantConfig", "Granularity", "ImageLayout", "ImageOptions",
-    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "ScaleDType",
-    "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm", "WeightOnlyConfig",
-    "WeightOnlyForm", "WorkersConfig",
+    "LayerAnalysis", "NodeOverride", "NumberFormat", "OutlierSplitConfig", "Preset", "QuantSpec", "RoundingConfig",
+    "ScaleDType", "SmoothQuantConfig", "SmoothScope", "Target", "TargetProfile", "WeightOnlyAlgorithm",
+    "WeightOnlyConfig",
+    "WeightOnlyForm", "WeightRounding", "WorkersConfig",
     "config_from_mapping", "from_toml", "parse_alpha", "weight_only_from_mapping",
 ]

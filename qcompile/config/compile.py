@@ -20,6 +20,7 @@ from qcompile.config.field_types import check_field_types
 from qcompile.config.mapping import NOT_IN_RECIPES, dataclass_from_mapping
 from qcompile.config.quant import (EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern,
                                    default_weight_spec)
+from qcompile.config.rounding import RoundingConfig
 from qcompile.config.target import Target
 from qcompile.config.transforms import OutlierSplitConfig, SmoothQuantConfig
 from qcompile.config.weight_only import NumberFormat, Preset, WeightOnlyConfig
@@ -41,6 +42,7 @@ class CompileConfig:
     overrides: tuple[NodeOverride, ...] = ()
     quantize_classifier: bool = False
     bias_correction: bool = True
+    rounding: RoundingConfig = field(default_factory=RoundingConfig)
     target: Target = Target.CPU
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fidelity_samples: int = 8
