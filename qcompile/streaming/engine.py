@@ -14,7 +14,6 @@ number of segments. The rules of what is quantised and how are the graph pipelin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict
@@ -36,7 +35,7 @@ from qcompile.runtime_ext.matmul_nbits import CONTRIB_DOMAIN, FormChoice, choose
 from qcompile.streaming.capture import Activations, SegmentRunner, is_detached, value_types
 from qcompile.streaming.emit import BLOCKED_DQ_MIN_OPSET, embedding_nodes, quantized_matmul_nodes
 from qcompile.streaming.plan import MatMulTarget, Plan, plan_streaming
-from qcompile.streaming.segments import Segment, node_reads, split_segments
+from qcompile.streaming.segments import node_reads, split_segments
 from qcompile.streaming.sink import TensorSink
 from qcompile.streaming.store import WeightStore
 
