@@ -124,6 +124,29 @@ class _Builder:
         return self.constants[name]
 
 
+def _attention_out_and_ffn(b: _Builder, x, q, keys, values, mask, scale_c, model_shape, rms_norm, linear,
+                           tensors: dict[str, np.ndarray], p: str):
+    """softmax(q·kᵀ·scale + mask)·v back to [B, S, D], the output projection and residual, then the SwiGLU FFN
+    and its residual: the part of a Llama block both graph builders share."""
+    scores = b.op("MatMul", [q, b.op("Transpose", [keys], perm=[0, 1, 3, 2])])
+    probs = b.op("Softmax", [b.op("Add", [b.op("Mul", [scores, scale_c]), mask])], axis=-1)
+    context = b.op("Transpose", [b.op("MatMul", [probs, values])], perm=[0, 2, 1, 3])
+    context = b.op("Reshape", [context, model_shape])
+    x = b.op("Add", [x, linear(context, f"{p}.attn_output.weight", f"{p}.attn_output")])
+    h = rms_norm(x, tensors[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm")
+    gate = linear(h, f"{p}.ffn_gate.weight", f"{p}.ffn_gate")
+    up = linear(h, f"{p}.ffn_up.weight", f"{p}.ffn_up")
+    act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
+    return b.op("Add", [x, linear(act, f"{p}.ffn_down.weight", f"{p}.ffn_down")])
+
+
+def _lm_head(b: _Builder, x, tensors: dict[str, np.ndarray], rms_norm, embedding: np.ndarray):
+    """Final RMSNorm and the head (tied to the embedding when the GGUF has no output.weight)."""
+    h = rms_norm(x, tensors["output_norm.weight"], "output_norm")
+    head = tensors.get("output.weight", embedding)
+    return b.op("MatMul", [h, b.const("lm_head.W", np.ascontiguousarray(head.T))], name="lm_head"), head
+
+
 def llama_graph(fields: dict, tensors: dict[str, np.ndarray], seq: int) -> onnx.ModelProto:
     dim = int(fields["llama.embedding_length"])
     heads = int(fields["llama.attention.head_count"])
@@ -177,19 +200,9 @@ def llama_graph(fields: dict, tensors: dict[str, np.ndarray], seq: int) -> onnx.
             t5 = b.op("Expand", [t5, c("rep_shape", np.array([1, kv_heads, group, seq, head_dim]))])
             return b.op("Reshape", [t5, c("shape_rep", np.array([1, heads, seq, head_dim]))])
 
-        scores = b.op("MatMul", [q, b.op("Transpose", [repeat(k)], perm=[0, 1, 3, 2])])
-        probs = b.op("Softmax", [b.op("Add", [b.op("Mul", [scores, scale_c]), mask])], axis=-1)
-        context = b.op("Transpose", [b.op("MatMul", [probs, repeat(v)])], perm=[0, 2, 1, 3])
-        context = b.op("Reshape", [context, c("shape_model", np.array([1, seq, dim]))])
-        x = b.op("Add", [x, linear(context, f"{p}.attn_output.weight", f"{p}.attn_output")])
-        h = rms_norm(x, tensors[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm")
-        gate = linear(h, f"{p}.ffn_gate.weight", f"{p}.ffn_gate")
-        up = linear(h, f"{p}.ffn_up.weight", f"{p}.ffn_up")
-        act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
-        x = b.op("Add", [x, linear(act, f"{p}.ffn_down.weight", f"{p}.ffn_down")])
-    h = rms_norm(x, tensors["output_norm.weight"], "output_norm")
-    head = tensors.get("output.weight", embedding)                                # tied when absent
-    logits = b.op("MatMul", [h, c("lm_head.W", np.ascontiguousarray(head.T))], name="lm_head")
+        x = _attention_out_and_ffn(b, x, q, repeat(k), repeat(v), mask, scale_c,
+                                   c("shape_model", np.array([1, seq, dim])), rms_norm, linear, tensors, p)
+    logits, head = _lm_head(b, x, tensors, rms_norm, embedding)
     logits.name, logits.shape = "logits", [1, seq, head.shape[0]]
     graph = gs.Graph(nodes=b.nodes, inputs=[ids], outputs=[logits], opset=18, name="smollm2")
     model = gs.export_onnx(graph)
@@ -304,19 +317,9 @@ def llama_kv_graph(fields: dict, tensors: dict[str, np.ndarray]) -> onnx.ModelPr
         k.name, k.shape = present_k_name, ["batch", kv_heads, "total_sequence", head_dim]
         v.name, v.shape = present_v_name, ["batch", kv_heads, "total_sequence", head_dim]
         outputs += [k, v]
-        scores = b.op("MatMul", [q, b.op("Transpose", [repeat_kv(k)], perm=[0, 1, 3, 2])])
-        probs = b.op("Softmax", [b.op("Add", [b.op("Mul", [scores, scale_c]), mask])], axis=-1)
-        context = b.op("Transpose", [b.op("MatMul", [probs, repeat_kv(v)])], perm=[0, 2, 1, 3])
-        context = b.op("Reshape", [context, c("shape_model", np.array([0, -1, dim], i64))])
-        x = b.op("Add", [x, linear(context, f"{p}.attn_output.weight", f"{p}.attn_output")])
-        h = rms_norm(x, tensors[f"{p}.ffn_norm.weight"], f"{p}.ffn_norm")
-        gate = linear(h, f"{p}.ffn_gate.weight", f"{p}.ffn_gate")
-        up = linear(h, f"{p}.ffn_up.weight", f"{p}.ffn_up")
-        act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
-        x = b.op("Add", [x, linear(act, f"{p}.ffn_down.weight", f"{p}.ffn_down")])
-    h = rms_norm(x, tensors["output_norm.weight"], "output_norm")
-    head = tensors.get("output.weight", embedding)
-    logits = b.op("MatMul", [h, c("lm_head.W", np.ascontiguousarray(head.T))], name="lm_head")
+        x = _attention_out_and_ffn(b, x, q, repeat_kv(k), repeat_kv(v), mask, scale_c,
+                                   c("shape_model", np.array([0, -1, dim], i64)), rms_norm, linear, tensors, p)
+    logits, head = _lm_head(b, x, tensors, rms_norm, embedding)
     logits.name, logits.shape = "logits", ["batch", "sequence", head.shape[0]]
     graph = gs.Graph(nodes=b.nodes, inputs=inputs, outputs=[logits] + outputs, opset=18, name="smollm2_kv")
     model = gs.export_onnx(graph)
