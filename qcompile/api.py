@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.external_data_helper import load_external_data_for_model
 
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
@@ -42,8 +43,8 @@ from qcompile.accuracy.optimizer_check import DIVERGENCE_TOLERANCE, optimizer_di
 from qcompile.config.static_formats import static_format
 from qcompile.emitter import Emission, Emitter, StatisticsRecorder
 from qcompile.errors import ConfigError, ModelSaveError, QCompileError, UnsupportedModelError
-from qcompile.io import (SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model, model_size_bytes, save_model,
-                         write_text_atomic)
+from qcompile.io import (EXTERNAL_DATA_THRESHOLD, SERIALISABLE_BYTES, LoadedModel, StagedFiles, load_model,
+                         model_size_bytes, save_model, write_text_atomic)
 from qcompile.graph.scopes import proto_graphs
 from qcompile.io.output_guard import OutputGuard
 from qcompile.io.validate import check_model_structure
@@ -120,7 +121,8 @@ def default_report_path(output_path: Path) -> Path:
 
 def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig | None = None, *,
                   progress: bool = False, eval_data: Any = None, metric: Metric | None = None,
-                  guard: OutputGuard | None = None, outputs: Sequence[tuple[str | Path, str]] = ()) -> CompileResult:
+                  guard: OutputGuard | None = None, outputs: Sequence[tuple[str | Path, str]] = (),
+                  inline_weights: bool = True) -> CompileResult:
     """Quantise ``model`` with ranges calibrated on ``calib`` (a folder or an iterable of feed dicts).
 
     With ``config.accuracy_budget``, the most sensitive nodes fall back to float until the budget holds on
@@ -129,11 +131,16 @@ def compile_model(model: ModelSource, calib: CalibSource, config: CompileConfig 
     better) is bounded by ``accuracy_budget.min_metric`` (see qcompile/accuracy/budget.py).
 
     ``outputs`` ((path, what) pairs the caller will save to) are checked by the output guard (``guard`` plus
-    every file this compile reads) as soon as those files are known, before any work."""
+    every file this compile reads) as soon as those files are known, before any work.
+
+    The streaming weight-only path writes the weights to a temporary data file; with ``inline_weights`` they are
+    read back into ``result.model`` when they fit protobuf's 2 GB, so the model runs from bytes like any other
+    result. ``False`` keeps them in ``result.external_data`` (the CLI: ``save`` copies the file beside the
+    output without holding the weights in memory)."""
     config = config or CompileConfig()
     check_arguments(config, eval_data, metric)
     started = time.perf_counter()
-    streamed = _compile_streaming(model, calib, config, started, guard or OutputGuard(), outputs)
+    streamed = _compile_streaming(model, calib, config, started, guard or OutputGuard(), outputs, inline_weights)
     if streamed is not None:
         return streamed
     with phase("load and check the model", progress):
@@ -160,7 +167,8 @@ def _files_read(guard: OutputGuard, loaded: LoadedModel, source: CalibrationSour
 
 
 def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileConfig, started: float,
-                       guard: OutputGuard, outputs: Sequence[tuple[str | Path, str]]) -> CompileResult | None:
+                       guard: OutputGuard, outputs: Sequence[tuple[str | Path, str]],
+                       inline_weights: bool) -> CompileResult | None:
     """The weight-only presets' streaming path (qcompile/stream_compile.py); None where the graph pipeline is
     needed (the reason is logged)."""
     reason = streaming_config_reason(config)
@@ -183,7 +191,12 @@ def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileCo
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
-    result = CompileResult(streamed.model, streamed.report, inputs=reads, external_data=streamed.external_data)
+    data_file = streamed.external_data
+    if inline_weights and data_file is not None and data_file.stat().st_size <= EXTERNAL_DATA_THRESHOLD:
+        load_external_data_for_model(streamed.model, str(work_dir))
+        shutil.rmtree(work_dir, ignore_errors=True)
+        data_file = None
+    result = CompileResult(streamed.model, streamed.report, inputs=reads, external_data=data_file)
     weakref.finalize(result, shutil.rmtree, work_dir, True)   # the data file lives as long as the result
     return result
 

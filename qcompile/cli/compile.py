@@ -52,7 +52,7 @@ def compile_command(model: Path, calib: str, output: Path | None, report_path: P
     outputs = [(output, "output model"), (report_path, "report")]
     guard.check(outputs)
     result = compile_model(model, calib, config, progress=not no_progress and not quiet, eval_data=eval_data,
-                           guard=guard, outputs=outputs)
+                           guard=guard, outputs=outputs, inline_weights=False)
     with phase("save", not no_progress and not quiet):
         out_path, out_report = result.save(output, report_path, overwrite=overwrite, protected=guard.protected)
     if quiet:

@@ -1,7 +1,7 @@
 """Weight-only presets on the real MiniLM encoder (../shared/eval/minilm): w4a16 with the default algorithm keeps
 the sentence embedding (cosine >= 0.98 on 60 held-out rows, each run alone without padding) at <= 0.25x the FP32
-file size with every quantised node on an ORT integer kernel; GPTQ has a lower layer-wise output error
-tr(ΔWᵀHΔW) than RTN on the same calibration data. Skips when the eval folder is absent; slow (~2-4 min)."""
+file size with every quantised node on an ORT integer kernel; GPTQ keeps the embeddings closer to FP32
+than RTN on the same calibration data. Skips when the eval folder is absent; slow (~2-4 min)."""
 
 from __future__ import annotations
 
@@ -64,12 +64,16 @@ def test_minilm_w4a16_default(minilm_default):
 
 
 def test_minilm_gptq_beats_rtn_on_output_error(minilm_default):
+    """GPTQ reports its layer-wise error tr(ΔWᵀHΔW)/tr(WᵀHW) for all 36 MatMuls; RTN is data-free on the streaming
+    path (no Hessian, so no such figure); GPTQ's sentence embeddings are closer to FP32 than RTN's."""
     case, gptq = minilm_default
     assert gptq.report.data["config"]["weight_only"]["algorithm"] == "gptq"
-    errors = {}
-    for algorithm, result in (("gptq", gptq), ("rtn", _compile(case, {"algorithm": "rtn"}))):
-        nodes = result.report.data["nodes"]
-        errors[algorithm] = np.array([n["relative_output_error"] for n in nodes if "relative_output_error" in n])
-    assert errors["rtn"].size == errors["gptq"].size == 36
-    assert errors["gptq"].mean() < errors["rtn"].mean()
-    assert np.mean(errors["gptq"] < errors["rtn"]) >= 0.9      # per layer, nearly always
+    rtn = _compile(case, {"algorithm": "rtn"})
+    errors = np.array([n["relative_output_error"] for n in gptq.report.data["nodes"] if "relative_output_error" in n])
+    assert errors.size == 36 and np.all((errors > 0) & (errors < 0.05)), errors
+    assert not any("relative_output_error" in n for n in rtn.report.data["nodes"])
+    reference = cpu_session(case / "model.onnx")
+    cos_gptq = _cosines(reference, cpu_session(gptq.model), case / "eval.npz")
+    cos_rtn = _cosines(reference, cpu_session(rtn.model), case / "eval.npz")
+    assert cos_gptq.mean() > cos_rtn.mean(), (cos_gptq.mean(), cos_rtn.mean())
+    assert np.mean(cos_gptq >= cos_rtn) >= 0.6, np.mean(cos_gptq >= cos_rtn)   # per row, mostly

@@ -85,8 +85,8 @@ def test_cuts_fall_between_blocks_and_segments_reproduce_the_model(llama):
 
 def test_external_data_in_and_out(llama, tmp_path):
     path, calib = llama
-    result = compile_model(path, calib, CompileConfig(preset=Preset.W4A16, weight_only=WeightOnlyConfig(
-        algorithm=WeightOnlyAlgorithm.GPTQ)))
+    config = CompileConfig(preset=Preset.W4A16, weight_only=WeightOnlyConfig(algorithm=WeightOnlyAlgorithm.GPTQ))
+    result = compile_model(path, calib, config, inline_weights=False)
     assert result.external_data is not None and result.report.data["pipeline"] == "streaming"
     nodes = [n for n in result.report.data["nodes"] if n["status"] == "quantized" and n["op_type"] == "MatMul"]
     assert len(nodes) == 15 and all(0 < n["relative_output_error"] < 0.2 for n in nodes)
@@ -95,6 +95,12 @@ def test_external_data_in_and_out(llama, tmp_path):
     assert out.with_name("q.onnx.data").stat().st_size > 0
     ref, got = _logits(path, calib[0]), _logits(out, calib[0])
     assert np.sum(ref * got) / (np.linalg.norm(ref) * np.linalg.norm(got)) > 0.98
+    # by default the weights (which fit protobuf's 2 GB) are read back: the result runs from bytes, same logits
+    inline = compile_model(path, calib, config)
+    assert inline.external_data is None
+    assert not any(t.external_data for t in inline.model.graph.initializer)
+    session = ort.InferenceSession(inline.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], calib[0])[0], got, rtol=1e-5, atol=1e-5)
 
 
 def test_same_codes_as_the_graph_pipeline():
