@@ -51,7 +51,7 @@ def _make_calibrator(request: StatRequest):
         return RowSampleCalibrator(axis=request.axis if request.axis is not None else -1,
                                    capacity=max(request.sample_rows, 1))
     return make_calibrator(request.method, percentile=request.percentile, symmetric=request.symmetric,
-                           unsigned=request.unsigned)
+                           unsigned=request.unsigned, num_bits=request.num_bits)
 
 
 def _output_model(graph: gs.Graph, tensor_names: Sequence[str]):

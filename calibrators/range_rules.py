@@ -143,10 +143,11 @@ def bounded_range(rng: TensorRange, bound: Bound, observed: TensorRange) -> Tens
     return TensorRange(lo, hi)
 
 
-def grid_error(calibrator: HistogramCalibratorBase, rng: TensorRange, symmetric: bool) -> float:
-    """E of rule (b) for ``rng`` on the calibrator's histogram and the emitter's 8-bit grid."""
+def grid_error(calibrator: HistogramCalibratorBase, rng: TensorRange, symmetric: bool,
+               num_bits: int = ACTIVATION_BITS) -> float:
+    """E of rule (b) for ``rng`` on the calibrator's histogram and the emitter's ``num_bits`` grid."""
     hist = calibrator.histogram
-    steps = float((1 << ACTIVATION_BITS) - 1)
+    steps = float((1 << num_bits) - 1)
     if calibrator.absolute or symmetric:
         t = max(abs(float(rng.min)), abs(float(rng.max)))
         if calibrator.absolute:   # histogram of |x|: the half grid [0, t]
@@ -157,7 +158,7 @@ def grid_error(calibrator: HistogramCalibratorBase, rng: TensorRange, symmetric:
 
 
 def guarded_range(calibrator: HistogramCalibratorBase, rng: TensorRange, symmetric: bool,
-                  bound: Bound | None) -> tuple[TensorRange, str]:
+                  bound: Bound | None, num_bits: int = ACTIVATION_BITS) -> tuple[TensorRange, str]:
     """Rules (a) and (b) for one histogram calibrator's range: (range, which rule decided)."""
     hist = calibrator.histogram
     observed = TensorRange(-hist.max, hist.max) if calibrator.absolute else TensorRange(hist.min, hist.max)
@@ -166,7 +167,7 @@ def guarded_range(calibrator: HistogramCalibratorBase, rng: TensorRange, symmetr
     if bound is not None and not calibrator.absolute:
         rng, minmax = bounded_range(rng, bound, observed), bounded_range(observed, bound, observed)
         rule = "bounded"
-    if grid_error(calibrator, rng, symmetric) > grid_error(calibrator, minmax, symmetric):
+    if grid_error(calibrator, rng, symmetric, num_bits) > grid_error(calibrator, minmax, symmetric, num_bits):
         return minmax, "minmax"
     return rng, rule
 
@@ -183,7 +184,7 @@ def apply_range_rules(graph: gs.Graph, calibrators: Mapping[StatRequest, object]
             continue
         bound = bounds.get(request.tensor)
         if isinstance(calibrator, HistogramCalibratorBase):
-            out[request], rule = guarded_range(calibrator, rng, request.symmetric, bound)
+            out[request], rule = guarded_range(calibrator, rng, request.symmetric, bound, request.num_bits)
         elif bound is not None:
             out[request], rule = bounded_range(rng, bound, rng), "bounded"
         else:

@@ -58,6 +58,7 @@ class StatRequest:
     percentile: float = 99.999
     symmetric: bool = False
     unsigned: bool = True
+    num_bits: int = 8                  # RANGE: the integer grid the range is for (entropy/MSE searches)
     axis: int | None = None
     sample_rows: int = 0               # ROW_SAMPLE: how many rows to keep; PATCH_MOMENTS: rows per batch
     patch: PatchGeometry | None = None  # PATCH_MOMENTS: the Conv's geometry (None: MatMul/Gemm rows)

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from models.generate import EVAL_SEED, make_samples, read_calibration, tiny_cnn
 from qcompile.api import CompileResult, compile_model
-from qcompile.config import CalibrationConfig, CompileConfig
+from qcompile.config import CalibrationConfig, CalibrationMethod, CompileConfig, QuantSpec
 from qcompile.errors import ModelSaveError
 
 REPORT_KEYS = {"input", "config", "target", "summary", "fidelity", "nodes", "tensor_ranges", "ort", "passes",
@@ -208,12 +208,15 @@ def test_graph_without_quantizable_nodes_report_says_why():
     assert explained, data
 
 
+MINMAX = QuantSpec(method=CalibrationMethod.MINMAX)   # ranges are exactly the data's min/max
+
+
 def test_num_samples_caps_what_the_collector_sees():
     samples = make_samples("tiny_cnn", 8)
     # samples past the cap are scaled far out of range: had the collector seen them, the input range would grow
     for s in samples[3:]:
         s["input"] = s["input"] * 100.0
-    config = CompileConfig(calibration=CalibrationConfig(num_samples=3), fidelity_samples=0)
+    config = CompileConfig(calibration=CalibrationConfig(num_samples=3), fidelity_samples=0, activation=MINMAX)
     result = compile_model(tiny_cnn(), samples, config)
     seen = np.concatenate([s["input"] for s in samples[:3]])
     entry = result.report.data["tensor_ranges"]["input"]
@@ -225,7 +228,7 @@ def test_num_samples_caps_what_the_collector_sees():
 def test_num_samples_cuts_a_batched_item():
     batch = np.concatenate([s["input"] for s in make_samples("tiny_cnn", 4)])
     batch[2:] *= 100.0
-    config = CompileConfig(calibration=CalibrationConfig(num_samples=2), fidelity_samples=0)
+    config = CompileConfig(calibration=CalibrationConfig(num_samples=2), fidelity_samples=0, activation=MINMAX)
     result = compile_model(tiny_cnn(), [{"input": batch}], config)
     entry = result.report.data["tensor_ranges"]["input"]
     assert entry["max"] == pytest.approx(float(batch[:2].max()), rel=1e-6)

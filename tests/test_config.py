@@ -28,11 +28,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults():
     config = CompileConfig()
-    assert config.activation == QuantSpec()
+    assert config.activation == QuantSpec(method=CalibrationMethod.MSE)
     assert config.activation.dtype is None  # the target profile chooses
     assert config.activation.symmetric is False
     assert config.activation.granularity is Granularity.TENSOR
-    assert config.activation.method is CalibrationMethod.MINMAX
+    assert config.activation.method is CalibrationMethod.MSE   # the least expected error, guarded by min-max
     assert config.weight.dtype is QuantDType.INT8
     assert config.weight.symmetric is True
     assert config.weight.granularity is Granularity.CHANNEL

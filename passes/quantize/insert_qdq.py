@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompile.config import Granularity, QuantSpec
+from qcompile.config import CalibrationMethod, Granularity, QuantSpec
 from qcompile.graph.edits import replace_uses
 from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, RECURRENT_OPS, WEIGHT_INPUT
 from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
@@ -180,9 +180,13 @@ def _mean_request(tensor_name: str, op: str) -> StatRequest:
 
 
 def _point_request(point: QuantPoint, activation_dtype: QuantDType) -> StatRequest:
-    return StatRequest(tensor=point.tensor.name, kind=StatKind.RANGE, method=point.spec.method,
+    # a float format (FP8) takes its scale from amax; an integer grid's search knows its width (16-bit grids
+    # have a negligible rounding term, so the error-minimising range is close to min-max there)
+    method = CalibrationMethod.MINMAX if activation_dtype.is_float else point.spec.method
+    return StatRequest(tensor=point.tensor.name, kind=StatKind.RANGE, method=method,
                        percentile=point.spec.percentile, symmetric=point.spec.symmetric,
-                       unsigned=not activation_dtype.signed)
+                       unsigned=not activation_dtype.signed,
+                       num_bits=8 if activation_dtype.is_float else activation_dtype.bits)
 
 
 class InsertQDQPass(CalibratedPass):

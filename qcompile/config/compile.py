@@ -19,7 +19,7 @@ from qcompile.config.classifier import ClassifierConfig
 from qcompile.config.field_types import check_field_types
 from qcompile.config.mapping import NOT_IN_RECIPES, dataclass_from_mapping
 from qcompile.config.quant import (EmbeddingQuantConfig, Granularity, NodeOverride, QuantSpec, compile_pattern,
-                                   default_weight_spec)
+                                   default_activation_spec, default_weight_spec)
 from qcompile.config.rounding import RoundingConfig
 from qcompile.config.target import Target
 from qcompile.config.transforms import OutlierSplitConfig, SmoothQuantConfig
@@ -35,7 +35,7 @@ QUANTIZABLE_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Add", "Mul"}
 
 @dataclass(frozen=True)
 class CompileConfig:
-    activation: QuantSpec = field(default_factory=QuantSpec)
+    activation: QuantSpec = field(default_factory=default_activation_spec)
     weight: QuantSpec = field(default_factory=default_weight_spec)
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] = ()

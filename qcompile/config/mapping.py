@@ -17,7 +17,7 @@ import typing
 from typing import Any, Callable, Mapping
 
 from qcompile.config.calibration import CalibrationConfig, WorkersConfig
-from qcompile.config.quant import NodeOverride, QuantSpec, default_weight_spec
+from qcompile.config.quant import NodeOverride, QuantSpec, default_activation_spec, default_weight_spec
 from qcompile.config.transforms import SmoothQuantConfig
 from qcompile.config.weight_only import WeightOnlyConfig
 from qcompile.errors import ConfigError
@@ -181,6 +181,6 @@ _FIELD_HOOKS: dict[tuple[type, str], Callable[[Any, str, Any], Any]] = {
 
 # An override's specs start from CompileConfig's defaults, not from the recipe's [activation] / [weight].
 _FRESH_BASES: dict[tuple[type, str], Callable[[], Any]] = {
-    (NodeOverride, "activation"): QuantSpec,
+    (NodeOverride, "activation"): default_activation_spec,
     (NodeOverride, "weight"): default_weight_spec,
 }

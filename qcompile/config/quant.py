@@ -67,6 +67,14 @@ class NodeOverride:
         compile_pattern(self.pattern)
 
 
+def default_activation_spec() -> QuantSpec:
+    """The activations' default: uint8/int8 per tensor (the target chooses), each range the one with the least
+    expected quantisation error on the tensor's calibration histogram (MSE), never worse than min-max on that
+    measure (calibrators/range_rules.py). Min-max spends the grid on rare extremes: on a text detector's
+    probability map that turned into spurious regions (box F1 0.36 vs 0.99 with MSE)."""
+    return QuantSpec(method=CalibrationMethod.MSE)
+
+
 def default_weight_spec() -> QuantSpec:
     """The weights' default: symmetric per-channel INT8 (CompileConfig.weight, and an override's fresh base)."""
     return QuantSpec(dtype=QuantDType.INT8, symmetric=True, granularity=Granularity.CHANNEL)

@@ -182,11 +182,14 @@ def test_maxpool_inherits_scale_and_zero_point():
 
 
 def test_activation_scale_matches_calibrated_range():
-    """The input point's (scale, zp) is compute_qparams of the min/max of the calibration data."""
+    """With --method minmax, the input point's (scale, zp) is compute_qparams of the min/max of the calibration
+    data."""
+    from qcompile.config import CalibrationMethod, QuantSpec
     from qcompile.numerics.qparams import QuantDType, compute_qparams
     rng = np.random.default_rng(2)
     calib = [{"x": rng.uniform(-1.5, 3.0, (2, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
-    result = compile_model(_conv_pool_conv(), calib, CompileConfig(fidelity_samples=0))
+    config = CompileConfig(activation=QuantSpec(method=CalibrationMethod.MINMAX), fidelity_samples=0)
+    result = compile_model(_conv_pool_conv(), calib, config)
     lo = min(float(c["x"].min()) for c in calib)
     hi = max(float(c["x"].max()) for c in calib)
     entry = result.report.data["tensor_ranges"]["x"]
