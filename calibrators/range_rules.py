@@ -20,8 +20,9 @@
     can only widen the grid's step for values that never occurred.
 
 (b) No histogram method loses to min-max on its own measure. With the tensor's histogram (counts n_j, bin
-    centres c_j), the grid the emitter will use (asymmetric: 2^8 - 1 steps over [min(a, 0), max(b, 0)];
-    symmetric: steps of t / 127 over [-t, t], t = max(|a|, |b|)) and
+    centres c_j), the k-bit grid the emitter will use (k from the activation type: 8, or 16 for a16w8;
+    asymmetric: 2^k - 1 steps over [min(a, 0), max(b, 0)]; symmetric: steps of t / (2^(k-1) - 1) over [-t, t],
+    t = max(|a|, |b|)) and
 
         E(a, b) = (1 / sum n) · [ sum_{c_j outside [a, b]} n_j·dist(c_j, [a, b])^2 + (s^2 / 12)·sum_{inside} n_j ]
 

@@ -194,10 +194,12 @@ def _compile_streaming(model: ModelSource, calib: CalibSource, config: CompileCo
     data_file = streamed.external_data
     if inline_weights and data_file is not None and data_file.stat().st_size <= EXTERNAL_DATA_THRESHOLD:
         load_external_data_for_model(streamed.model, str(work_dir))
-        shutil.rmtree(work_dir, ignore_errors=True)
         data_file = None
     result = CompileResult(streamed.model, streamed.report, inputs=reads, external_data=data_file)
-    weakref.finalize(result, shutil.rmtree, work_dir, True)   # the data file lives as long as the result
+    if data_file is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        weakref.finalize(result, shutil.rmtree, work_dir, True)   # the data file lives as long as the result
     return result
 
 

