@@ -22,6 +22,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompile.config import Target
+from qcompile.runtime_ext.target import resolve_profile
 from qcompile.graph.edits import Namer
 from qcompile.passes.quantize.quantize_recurrent import (RECURRENT_WEIGHT_INPUTS, insert_weight_dequantize,
                                                          rewrite_as_dynamic_lstm)
@@ -46,7 +48,8 @@ def quantised(model: onnx.ModelProto, dynamic: bool) -> onnx.ModelProto:
     namer = Namer(graph)
     node = graph.nodes[0]
     if dynamic:
-        rewrite_as_dynamic_lstm(node, namer)
+        # 7-bit codes where this host's u8s8 GEMM saturates, as the compiler emits them
+        rewrite_as_dynamic_lstm(node, namer, resolve_profile(Target.CPU).weight_reduce_range(depthwise=False))
     else:
         for index in RECURRENT_WEIGHT_INPUTS:
             node.inputs[index] = insert_weight_dequantize(graph, namer, node.inputs[index])

@@ -12,6 +12,7 @@ scalars, so it can cross process boundaries without pickle (e.g. ``np.savez``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
@@ -78,3 +79,13 @@ def check_same(kind: str, mine: object, theirs: object) -> None:
     """Merging calibrators configured differently is a programming error, not a user error."""
     if mine != theirs:
         raise ValueError(f"cannot merge calibrators with different {kind}: {mine!r} vs {theirs!r}")
+
+
+def batch_generator(seed: int, batch: np.ndarray) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the batch's content (dtype, shape, bytes), not by its position in the
+    stream: a sampling calibrator then draws the same sample of a batch whichever shard sees it and after
+    whatever batches came before, so sharded and single-process calibration agree bit for bit."""
+    x = np.ascontiguousarray(batch)
+    digest = hashlib.blake2b(x.view(np.uint8).reshape(-1), digest_size=8,
+                             person=f"{x.dtype.str}{x.shape}"[:16].encode()).digest()
+    return np.random.default_rng([int(seed), int.from_bytes(digest, "little")])

@@ -5,7 +5,9 @@
 with P_g(p) the patch of group g at position p (numerics.patches; for a MatMul/Gemm input the last-axis row,
 one group). The state is the sums (float64) and the count, O(G·K²) whatever the number of samples; merging
 adds them (exact up to float64 rounding, associative, the empty calibrator is the identity). A batch with more
-than ``max_rows`` positions contributes a uniform sample of ``max_rows`` of them (seeded), which bounds the
+than ``max_rows`` positions contributes a uniform sample of ``max_rows`` of them (drawn by a generator seeded
+with the batch's content, calibrators/base.py ``batch_generator``: shards pick the same positions as a single
+process), which bounds the
 time per batch while keeping H an unbiased estimate. Then a weight change ΔW_o has the mean squared output
 effect ΔW_oᵀ H_g(o) ΔW_o (numerics.rounding).
 """
@@ -16,9 +18,16 @@ from typing import Self
 
 import numpy as np
 
-from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
+from qcompile.calibrators.base import State, batch_generator, check_same, finite_array, no_data_error
 from qcompile.errors import CalibrationError
 from qcompile.numerics.patches import PatchGeometry, PatchMoments, conv_patches, conv_positions, matrix_rows
+
+
+def _to_float32_precision(values: np.ndarray) -> np.ndarray:
+    """float64 values rounded to the nearest float32, kept float64 where beyond float32's range."""
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float32).astype(np.float64)
+    return np.where(np.isfinite(rounded), rounded, values)
 
 
 class PatchMomentsCalibrator:
@@ -29,7 +38,7 @@ class PatchMomentsCalibrator:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.geometry = geometry
         self.max_rows = int(max_rows)
-        self._rng = np.random.default_rng(seed)
+        self.seed = int(seed)
         self._sum_xx: np.ndarray | None = None
         self._sum_x: np.ndarray | None = None
         self._rows = 0
@@ -45,7 +54,7 @@ class PatchMomentsCalibrator:
         if self.geometry is not None and x.ndim not in (3, 4):
             raise CalibrationError(f"PatchMomentsCalibrator: patches of a {x.ndim - 2}-d Conv input are not supported")
         total = x.size // x.shape[-1] if self.geometry is None else conv_positions(x.shape, self.geometry)
-        keep = np.sort(self._rng.choice(total, self.max_rows, replace=False)) if total > self.max_rows else None
+        keep = np.sort(batch_generator(self.seed, x).choice(total, self.max_rows, replace=False)) if total > self.max_rows else None
         if self.geometry is None:
             rows = matrix_rows(x) if keep is None else matrix_rows(x)[keep]
         else:
@@ -79,7 +88,11 @@ class PatchMomentsCalibrator:
     def compute(self) -> PatchMoments:
         if self._sum_xx is None or self._rows == 0:
             raise no_data_error("PatchMomentsCalibrator")
-        return PatchMoments(self._sum_xx / self._rows, self._sum_x / self._rows, self._rows)
+        # rounded to float32 (the precision the rounding search works at): float64 sums merged in another
+        # order (shards) differ in their last bits, and a greedy rounding search can turn such a difference
+        # into another code; after the rounding they agree unless a value sits on a float32 rounding boundary
+        return PatchMoments(_to_float32_precision(self._sum_xx / self._rows),
+                            _to_float32_precision(self._sum_x / self._rows), self._rows)
 
     def get_state(self) -> State:
         empty = self._sum_xx is None

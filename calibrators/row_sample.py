@@ -6,10 +6,12 @@ A "row" is the vector of a tensor along ``axis`` at one position of every other 
     lo_c = min over all rows of x[c],   hi_c = max over all rows of x[c]          (exact, O(K))
     a uniform sample of at most R rows                                           (O(R·K), bottom-R sampling)
 
-Bottom-R sampling gives every row an independent key u ~ U(0, 1) from a seeded generator and keeps the R
-rows with the smallest keys. The kept set of a stream is a uniform sample without replacement whatever the
-batching, and merging two calibrators (keep the R smallest keys of the union) is exact, associative and
-commutative, so shards reduce in any tree. Memory never depends on the number of calibration samples.
+Bottom-R sampling gives every row a key u ~ U(0, 1) and keeps the R rows with the smallest keys. The keys of a
+batch come from a generator seeded by the calibrator's seed and the batch's content (calibrators/base.py
+``batch_generator``), so a row's key does not depend on which shard saw its batch or on what came before: a
+sharded calibration keeps exactly the rows a single process keeps. Distinct batches get independent keys, so
+the kept set is a uniform sample without replacement; merging two calibrators (keep the R smallest keys of the
+union) is exact, associative and commutative, so shards reduce in any tree. Memory never depends on the number of calibration samples.
 
 ``compute`` returns a ``RowSample``: a TensorRange(lo, hi) with 1-D per-channel arrays that also carries the
 sampled rows [n ≤ R, K] (float32) and the number of rows seen.
@@ -22,7 +24,7 @@ from typing import Self
 
 import numpy as np
 
-from qcompile.calibrators.base import State, check_same, finite_array, no_data_error
+from qcompile.calibrators.base import State, batch_generator, check_same, finite_array, no_data_error
 from qcompile.errors import CalibrationError
 from qcompile.numerics.qparams import TensorRange
 
@@ -48,7 +50,6 @@ class RowSampleCalibrator:
         self.axis = int(axis)
         self.capacity = int(capacity)
         self.seed = int(seed)
-        self._rng = np.random.default_rng(seed)
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
         self._keys = np.zeros(0, dtype=np.float64)
@@ -69,7 +70,7 @@ class RowSampleCalibrator:
             return
         rows = np.moveaxis(x, self.axis, -1).reshape(-1, x.shape[self.axis]).astype(np.float32, copy=False)
         self._fold(rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64),
-                   self._rng.random(rows.shape[0]), rows, rows.shape[0])
+                   batch_generator(self.seed, x).random(rows.shape[0]), rows, rows.shape[0])
 
     def _fold(self, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray, rows: np.ndarray, seen: int) -> None:
         if self._lo is None:

@@ -33,7 +33,8 @@ from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, RECURRENT_OPS, WEIGHT_IN
 from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
-from qcompile.passes.quantize.qdq_math import bias_scale, corrected_bias, int32_bias, weight_qparams
+from qcompile.passes.quantize.qdq_math import (bias_scale, corrected_bias, int32_bias, is_depthwise_conv,
+                                               weight_qparams)
 from qcompile.passes.quantize.qdq_rules import is_activation_matmul, is_float_tensor, unsupported_reason, weight_axis
 from qcompile.passes.quantize.weight_rounding import RoundingPlan, learned_weight_codes, plan_rounding
 from qcompile.selection import NodeSelection, select_nodes
@@ -296,9 +297,11 @@ class InsertQDQPass(CalibratedPass):
             key = (weight.name, axis, bias.name if bias is not None else None,
                    float(x_params.scale) if bias is not None else None)
             rounding: dict = {}
+            reduce_range = profile.weight_reduce_range(
+                is_depthwise_conv(node.op, tuple(weight.values.shape), int(node.attrs.get("group", 1))))
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
-                                                           profile.reduce_range,
+                                                           reduce_range,
                                                            bias if profile.quantize_bias else None, x_params,
                                                            copy=sum(k[0] == weight.name for k in weight_cache),
                                                            round_codes=self._round_codes(node, ctx, correct, rounding))
@@ -306,7 +309,7 @@ class InsertQDQPass(CalibratedPass):
             w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
             detail = {"weight_dtype": selection.weight.dtype.value, "per_channel": axis is not None,
-                      "reduce_range": profile.reduce_range, "activation_dtype": act_dtype.value,
+                      "reduce_range": reduce_range, "activation_dtype": act_dtype.value,
                       "input_scale": float(x_params.scale), **rounding}
             if bias is not None:
                 bias_scale(x_params, w_params, node.name)   # before bias correction, which overflows alike

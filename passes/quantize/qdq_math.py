@@ -79,3 +79,10 @@ def corrected_bias(op: str, bias: np.ndarray, weight: np.ndarray, weight_dq: np.
         raise UnsupportedModelError(f"node {node_name}: its bias correction overflows float32 "
                                     "(the FP32 model overflows there)")
     return corrected.astype(np.float32), float(np.max(np.abs(shift))) if shift.size else 0.0
+
+
+def is_depthwise_conv(op: str, weight_shape: tuple[int, ...], group: int) -> bool:
+    """A Conv with one input and one output channel per group (W: [group, 1, k...]): ORT's QLinearConv runs
+    it on MLAS's depthwise kernel instead of a GEMM."""
+    return op == "Conv" and len(weight_shape) >= 2 and weight_shape[0] == group \
+        and weight_shape[1] == 1

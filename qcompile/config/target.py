@@ -40,7 +40,8 @@ class TargetProfile:
     target: Target
     activation_dtype: QuantDType
     weight_dtype: QuantDType
-    reduce_range: bool                        # 7-bit weights (x86 u8s8 without VNNI saturates int16 pair sums)
+    reduce_range: bool                        # 7-bit weights on GEMM-kernel ops (x86 u8s8 without VNNI
+                                              # saturates int16 pair sums); see weight_reduce_range
     requantize_output_ops: frozenset[str]    # need Q on the output to become integer kernels
     float_output_ops: frozenset[str]         # fuse with a float output (MatMulIntegerToFloat, QGemm float out)
     transparent_ops: frozenset[str]          # DQ -> op -> Q with equal parameters runs the op on integers
@@ -58,6 +59,13 @@ class TargetProfile:
     float16: bool = False                     # the float remainder is emitted as float16 (I/O stays float32)
     float32_ops: frozenset[str] = frozenset()  # ops the float16 conversion leaves in float32
     cpu_fusion_check: bool = True             # ORT CPU EP's fusions say what this target runs (not TensorRT)
+
+    def weight_reduce_range(self, depthwise: bool) -> bool:
+        """Whether a node's weights lose a bit. Only GEMM kernels pair-sum u8·s8 products into int16
+        (VPMADDUBSW); ORT's depthwise QLinearConv (one input and one output channel per group) runs MLAS's
+        depthwise kernel, which widens both operands to int16 and multiply-adds into int32 (no saturation),
+        so depthwise weights keep all 8 bits — the layers with 9 weights per channel, where a lost bit costs most."""
+        return self.reduce_range and not depthwise
 
     def describe(self) -> dict:
         return {

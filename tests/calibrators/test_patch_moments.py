@@ -108,6 +108,27 @@ def test_row_cap_samples_each_batch():
     assert cal.compute().rows == 16 * 4
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(2, 6))
+def test_sampled_positions_do_not_depend_on_the_shard(seed, count):
+    """With the row cap active, a batch contributes the same positions whichever shard sees it and after
+    whatever batches: two shards merged give one stream's moments (up to float64 summation order)."""
+    batches = _batches(seed, count)
+    whole = PatchMomentsCalibrator(GEOMETRY, max_rows=7)
+    for batch in batches:
+        whole.update(batch)
+    first, second = PatchMomentsCalibrator(GEOMETRY, max_rows=7), PatchMomentsCalibrator(GEOMETRY, max_rows=7)
+    for batch in batches[:count // 2]:
+        first.update(batch)
+    for batch in batches[count // 2:]:
+        second.update(batch)
+    second.merge(first)
+    a, b = whole.compute(), second.compute()
+    np.testing.assert_allclose(a.hessian, b.hessian, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12, atol=1e-12)
+    assert a.rows == b.rows == 7 * count
+
+
 def test_matrix_rows_and_errors():
     cal = PatchMomentsCalibrator(None)
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)

@@ -97,3 +97,25 @@ def test_errors():
 def test_collector_builds_it_for_row_sample_requests():
     cal = _make_calibrator(StatRequest("x", StatKind.ROW_SAMPLE, axis=-1, sample_rows=7))
     assert isinstance(cal, RowSampleCalibrator) and cal.capacity == 7
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 12), capacity=st.integers(1, 30), cut=st.data())
+@settings(max_examples=40, deadline=None)
+def test_sharded_stream_keeps_exactly_the_rows_of_one_stream(seed, n, capacity, cut):
+    """Keys follow each batch's content, not its position: any split of the stream into shards, merged, keeps
+    the rows one calibrator fed everything keeps."""
+    batches = _batches(seed, n)
+    whole = RowSampleCalibrator(capacity=capacity)
+    for b in batches:
+        whole.update(b)
+    cuts = sorted(cut.draw(st.lists(st.integers(1, n - 1), max_size=3, unique=True)))
+    shards = []
+    for part in np.split(np.arange(n), cuts):
+        shard = RowSampleCalibrator(capacity=capacity)
+        for i in part:
+            shard.update(batches[i])
+        shards.append(shard)
+    merged = shards[-1]
+    for shard in shards[:-1]:          # reduced in another order than the stream's
+        merged.merge(shard)
+    np.testing.assert_array_equal(merged.compute().rows, whole.compute().rows)

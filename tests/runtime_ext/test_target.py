@@ -18,6 +18,7 @@ from qcompile import compile_model
 from qcompile.config import (AccuracyBudget, CalibrationProvider, CompileConfig, CpuFeatures, LayerAnalysis, Preset,
                              Target, WeightOnlyForm, config_from_mapping)
 from qcompile.errors import ConfigError
+from qcompile.passes.quantize.qdq_math import is_depthwise_conv
 from qcompile.numerics.qparams import QuantDType
 from qcompile.runtime_ext.target import (apply_target_defaults, cpu_profile, cuda_profile, resolve_profile,
                                          tensorrt_profile)
@@ -228,3 +229,18 @@ def test_cli_target_and_runtime_flags(tiny_cnn_case, tmp_path):
                                         "--custom-op-library", str(tmp_path / "nope.so"), "--no-progress"])
     assert missing.exit_code == 2 and "custom op library" in missing.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_depthwise_weights_never_lose_a_bit():
+    no_vnni = cpu_profile(CpuFeatures(arch="x86_64", avx2=True, vnni=False))
+    assert no_vnni.weight_reduce_range(depthwise=False) and not no_vnni.weight_reduce_range(depthwise=True)
+    vnni = cpu_profile(CpuFeatures(arch="x86_64", avx2=True, avx512=True, vnni=True))
+    assert not vnni.weight_reduce_range(depthwise=False) and not vnni.weight_reduce_range(depthwise=True)
+
+
+@pytest.mark.parametrize("op, shape, group, expected", [
+    ("Conv", (8, 1, 3, 3), 8, True), ("Conv", (16, 1, 3, 3), 8, False),   # channel multiplier 2: GEMM per group
+    ("Conv", (8, 2, 3, 3), 4, False), ("Conv", (8, 4, 1, 1), 1, False), ("Gemm", (8, 1), 1, False),
+    ("Conv", (1, 1, 3, 3), 1, True)])   # one channel in and out: ORT takes the depthwise kernel too
+def test_is_depthwise_conv(op, shape, group, expected):
+    assert is_depthwise_conv(op, shape, group) is expected

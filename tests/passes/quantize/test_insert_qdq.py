@@ -249,3 +249,36 @@ def test_bias_scale_overflowing_float32_is_a_clear_error():
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises(UnsupportedModelError, match=r"node fc: .* overflows float32"):
             compile_model(model, calib, CompileConfig(quantize_classifier=True))
+
+
+def _depthwise_then_pointwise() -> onnx.ModelProto:
+    """x [1, 8, 10, 10] → depthwise Conv (group 8, W [8, 1, 3, 3]) → Relu → pointwise Conv (W [4, 8, 1, 1]) → y."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "w_dw"),
+             numpy_helper.from_array(rng.normal(size=(4, 8, 1, 1)).astype(np.float32), "w_pw")]
+    nodes = [helper.make_node("Conv", ["x", "w_dw"], ["d"], group=8, pads=[1, 1, 1, 1], name="depthwise"),
+             helper.make_node("Relu", ["d"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w_pw"], ["y"], name="pointwise")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_depthwise_weights_keep_8_bits_where_gemm_weights_lose_one(monkeypatch):
+    """x86 without VNNI: GEMM-kernel weights get 7-bit codes (u8s8 pair sums saturate int16), the depthwise
+    Conv keeps [-127, 127] (ORT runs it on MLAS's widening depthwise kernel)."""
+    from qcompile.config import CpuFeatures
+    monkeypatch.setattr("qcompile.runtime_ext.target.detect_cpu_features",
+                        lambda: CpuFeatures(arch="x86_64", avx2=True, vnni=False))
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.normal(size=(1, 8, 10, 10)).astype(np.float32)} for _ in range(8)]
+    result = compile_model(_depthwise_then_pointwise(), samples,
+                           CompileConfig(fidelity_samples=2, quantize_classifier=True))
+    entries = {n["name"]: n for n in result.report.data["nodes"]}
+    assert entries["depthwise"]["reduce_range"] is False and entries["pointwise"]["reduce_range"] is True
+    producers, _, inits = _index(result.model)
+    for name, codes_max in (("depthwise", 127), ("pointwise", 63)):
+        conv = next(n for n in result.model.graph.node if n.name == name)
+        codes = inits[producers[conv.input[1]].input[0]].astype(np.int32)
+        # symmetric per channel: each output channel's largest weight lands on the grid's end
+        assert np.abs(codes).reshape(codes.shape[0], -1).max(axis=1).tolist() == [codes_max] * codes.shape[0]

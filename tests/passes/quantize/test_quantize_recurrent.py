@@ -24,6 +24,7 @@ from qcompile.graph.scopes import proto_graphs
 from qcompile.passes.quantize.quantize_recurrent import (DYNAMIC_MIN_HIDDEN, GATES, RecurrentForm, choose_form,
                                                          dequantize_rows, quantize_rows)
 from qcompile.tools.inspect_model import inspect_model
+from qcompile.runtime_ext.target import resolve_profile
 from models.generate import control_flow_samples, nested_if_lstm_model
 from tests.passes.ort_reference import run_unoptimized
 
@@ -106,16 +107,28 @@ def test_large_lstm_becomes_dynamic_quantize_lstm_on_the_cpu():
     assert not [n for n in graph.node if n.op_type in ("LSTM", "DequantizeLinear")]
     assert any(o.domain == "com.microsoft" for o in result.model.opset_import)
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    codes, scale = quantize_rows(weights["W"])
+    entry = next(n for n in result.report.data["nodes"] if n["name"] == "lstm0")
+    # 7-bit codes exactly where this host's u8s8 GEMM saturates (x86 without VNNI)
+    assert entry["reduce_range"] == resolve_profile(Target.CPU).weight_reduce_range(depthwise=False)
+    codes, scale = quantize_rows(weights["W"], 63 if entry["reduce_range"] else 127)
     np.testing.assert_array_equal(inits[node.input[1]], codes.transpose(0, 2, 1))   # W_qᵀ [D, I, 4H]
     np.testing.assert_array_equal(inits[node.input[8]], scale)                      # s_W [D, 4H]
     assert not inits[node.input[9]].any()                                            # zero points 0
-    entry = next(n for n in result.report.data["nodes"] if n["name"] == "lstm0")
+    assert np.abs(inits[node.input[1]].astype(np.int32)).max() == (63 if entry["reduce_range"] else 127)
     assert entry["op_type"] == "LSTM" and entry["form"] == "dynamic_quantize"
     assert entry["ort_kernel"] == "DynamicQuantizeLSTM" and entry["fused"]
     for feed in _samples(3, seed=7):
         # x and h_t quantised per tensor to 8 bits at run time as well: within 3 % of FP32 (measured ~1 %)
         assert _relative_error(run_unoptimized(result.model, feed)[0], run_unoptimized(model, feed)[0]) < 0.03
+
+
+@given(st.integers(1, 127), st.integers(0, 2**32 - 1))
+@settings(max_examples=30, deadline=None)
+def test_row_codes_stay_within_the_asked_range_and_round_to_half_a_step(q_max, seed):
+    weight = np.random.default_rng(seed).normal(size=(2, 8, 5)).astype(np.float32)
+    codes, scale = quantize_rows(weight, q_max)
+    assert np.abs(codes.astype(np.int32)).max(axis=-1).min() == q_max        # every row's extreme hits the grid end
+    assert np.all(np.abs(dequantize_rows(codes, scale) - weight) <= scale[..., None] / 2 * (1 + 1e-5))
 
 
 def _lstm_node(hidden: int, layout: int = 0) -> gs.Node:
