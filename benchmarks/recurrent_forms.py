@@ -48,8 +48,8 @@ def quantised(model: onnx.ModelProto, dynamic: bool) -> onnx.ModelProto:
     namer = Namer(graph)
     node = graph.nodes[0]
     if dynamic:
-        # 7-bit codes where this host's u8s8 GEMM saturates, as the compiler emits them
-        rewrite_as_dynamic_lstm(node, namer, resolve_profile(Target.CPU).weight_reduce_range(depthwise=False))
+        # limited code pairs where this host's u8s8 GEMM saturates, as the compiler emits them
+        rewrite_as_dynamic_lstm(node, namer, saturating_pair_sums=resolve_profile(Target.CPU).saturating_pair_sums)
     else:
         for index in RECURRENT_WEIGHT_INPUTS:
             node.inputs[index] = insert_weight_dequantize(graph, namer, node.inputs[index])

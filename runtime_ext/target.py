@@ -7,9 +7,12 @@ pipeline asks it whether the float remainder is emitted as float16, and the comp
 gets when the user left the default.
 
 CPU (ORT CPU EP). x86 without VNNI: MLAS's u8s8 kernel multiplies with VPMADDUBSW, which adds two u8×s8
-products into a saturating int16; 255·127·2 > 32767, so full-range int8 weights can saturate. With 7-bit
-weights (255·63·2 = 32130) it cannot. With VNNI (VPDPBUSD accumulates in int32) or on arm64 (dot products)
-full-range weights are safe. ORT's QDQ fusions on x86 require uint8 activations (signed activations are
+products into a saturating int16; 255·127·2 > 32767, so full-range int8 weights can saturate. ORT's remedy,
+7-bit weights (255·63·2 = 32130, reduce_range), costs every weight a bit; this profile instead keeps 8-bit
+codes and limits only the same-sign code pairs whose magnitudes sum above 128 (passes/quantize/pair_sums.py;
+measured on EfficientNet-Lite0 on an AVX2 host: top-1 agreement 0.90 with 7-bit weights, see the README).
+Depthwise Convs run MLAS's depthwise kernel, which widens to int16 first and never saturates. With VNNI
+(VPDPBUSD accumulates in int32) or on arm64 (dot products) full-range weights are safe. ORT's QDQ fusions on x86 require uint8 activations (signed activations are
 rewritten to uint8 first).
 
 CUDA (ORT CUDA EP). ORT's QDQ fusions (QLinearConv, QLinearMatMul, QGemm, ...) are registered for the CPU EP
@@ -52,13 +55,14 @@ CUDA_FLOAT32_OPS = frozenset({"Range", "NonMaxSuppression", "RoiAlign", "CumSum"
 
 
 def cpu_profile(features: CpuFeatures) -> TargetProfile:
-    """ORT CPU EP: u8 activations, s8 per-channel weights; 7-bit weights on x86 without VNNI."""
+    """ORT CPU EP: u8 activations, s8 per-channel weights; pair-limited codes on x86 without VNNI."""
     x86 = features.arch in ("x86_64", "AMD64", "i686", "x86")
     return TargetProfile(
         target=Target.CPU,
         activation_dtype=QuantDType.UINT8,
         weight_dtype=QuantDType.INT8,
-        reduce_range=x86 and not features.vnni,
+        reduce_range=False,
+        saturating_pair_sums=x86 and not features.vnni,
         requantize_output_ops=frozenset({"Conv", "ConvTranspose", "Gemm"}),
         float_output_ops=frozenset({"MatMul"}),
         transparent_ops=CPU_QDQ_TRANSPARENT_OPS,

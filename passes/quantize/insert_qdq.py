@@ -30,7 +30,8 @@ import onnx_graphsurgeon as gs
 from qcompile.config import CalibrationMethod, Granularity, QuantSpec
 from qcompile.graph.edits import replace_uses
 from qcompile.graph.ops import BIAS_INPUT, COMPUTE_OPS, RECURRENT_OPS, WEIGHT_INPUT
-from qcompile.numerics.qparams import QParams, QuantDType, compute_qparams, dequantize, quantize
+from qcompile.numerics.qparams import QParams, QuantDType, broadcast_qparams, compute_qparams, dequantize, quantize
+from qcompile.passes.quantize.pair_sums import limit_pair_sums, pair_safe_scales
 from qcompile.pass_infra import (CalibratedPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult,
                                  StatKind, StatRequest)
 from qcompile.passes.quantize.qdq_math import (bias_scale, corrected_bias, int32_bias, is_depthwise_conv,
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 _WEIGHT_INPUT = dict.fromkeys(COMPUTE_OPS, WEIGHT_INPUT)
 _BIAS_INPUT = dict.fromkeys(("Conv", "Gemm"), BIAS_INPUT)     # int32 bias (ConvTranspose keeps a float one)
+# ops ORT runs on its u8s8 GEMM (QLinearConv, QGemm, QLinearMatMul, MatMulIntegerToFloat): pair_sums.py applies
+_PAIR_SUM_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 _BIAS_CORRECTED_OPS = frozenset(_BIAS_INPUT)                  # those bias_correction_delta covers
 
 
@@ -297,14 +300,19 @@ class InsertQDQPass(CalibratedPass):
             key = (weight.name, axis, bias.name if bias is not None else None,
                    float(x_params.scale) if bias is not None else None)
             rounding: dict = {}
-            reduce_range = profile.weight_reduce_range(
-                is_depthwise_conv(node.op, tuple(weight.values.shape), int(node.attrs.get("group", 1))))
+            depthwise = is_depthwise_conv(node.op, tuple(weight.values.shape), int(node.attrs.get("group", 1)))
+            reduce_range = profile.weight_reduce_range(depthwise)
+            # only u8 × s8 reaches MLAS's u8s8 GEMM (FP8 and 16-bit formats run other kernels)
+            pair_limited = (profile.saturating_pair_sums and not depthwise and node.op in _PAIR_SUM_OPS
+                            and act_dtype is QuantDType.UINT8 and selection.weight.dtype is QuantDType.INT8)
             if key not in weight_cache:
                 weight_cache[key] = self._insert_weight_dq(graph, weight, axis, selection.weight,
                                                            reduce_range,
                                                            bias if profile.quantize_bias else None, x_params,
                                                            copy=sum(k[0] == weight.name for k in weight_cache),
-                                                           round_codes=self._round_codes(node, ctx, correct, rounding))
+                                                           round_codes=self._round_codes(node, ctx, correct, rounding),
+                                                           pair_limit=(node.op, bool(node.attrs.get("transB", 0)))
+                                                           if pair_limited else None, detail=rounding)
                 stats["learned_rounding"] += rounding.get("rounding") == "learned"
             w_out, w_params, w_quantized = weight_cache[key]
             node.inputs[w_index] = w_out
@@ -367,11 +375,20 @@ class InsertQDQPass(CalibratedPass):
     @staticmethod
     def _insert_weight_dq(graph: gs.Graph, weight: gs.Constant, axis: int | None, spec: QuantSpec,
                           reduce_range: bool, bias: gs.Constant | None,
-                          x_params: QParams, copy: int = 0,
-                          round_codes=None) -> tuple[gs.Variable, QParams, np.ndarray]:
+                          x_params: QParams, copy: int = 0, round_codes=None,
+                          pair_limit: tuple[str, bool] | None = None,
+                          detail: dict | None = None) -> tuple[gs.Variable, QParams, np.ndarray]:
         values = weight.values.astype(np.float32)
         params = weight_qparams(values, axis, spec, reduce_range, bias.values if bias is not None else None, x_params)
+        if pair_limit is not None and spec.symmetric:
+            params = dataclasses.replace(params, scale=pair_safe_scales(
+                pair_limit[0], values, params.scale, pair_limit[1], per_channel=axis is not None))
         q_values = quantize(values, params) if round_codes is None else round_codes(values, params, reduce_range)
+        if pair_limit is not None:      # x86 without VNNI: no u8s8 pair sum may saturate (pair_sums.py)
+            scale, zero_point = broadcast_qparams(params, values.ndim)
+            q_values, changed = limit_pair_sums(pair_limit[0], q_values, values / scale + zero_point, pair_limit[1])
+            if detail is not None:
+                detail["pair_limited_codes"] = changed
         base = weight.name if not copy else f"{weight.name}_{copy}"  # a shared weight quantised twice
         q_const = gs.Constant(f"{base}_q", q_values)
         scale = gs.Constant(f"{base}_scale", params.scale.astype(np.float32))

@@ -5,8 +5,8 @@ G gates (LSTM 4, GRU 3, RNN 1), H hidden units. Each is stored as int8, symmetri
 gate row (the row r of W[d] produces gate pre-activation r, so its scale follows that unit's weights alone):
 
     s[d, r]      = max_k |W[d, r, k]| / 127                      (1 for an all-zero row)
-    W_q[d, r, k] = clip(round(W[d, r, k] / s[d, r]), -127, 127)   (±63 for DynamicQuantizeLSTM where the
-                                                                   target reduces range, see rewrite_as_dynamic_lstm)
+    W_q[d, r, k] = clip(round(W[d, r, k] / s[d, r]), -127, 127)   (for DynamicQuantizeLSTM on x86 without VNNI
+                                                                   pairs limited, see rewrite_as_dynamic_lstm)
     W ≈ s[d, r] · W_q[d, r, k]
 
 Two forms reach the runtime (``RecurrentForm``):
@@ -33,6 +33,7 @@ from qcompile.config import Target
 from qcompile.graph.edits import Namer
 from qcompile.graph.ops import RECURRENT_OPS
 from qcompile.graph.scopes import all_graphs
+from qcompile.passes.quantize.pair_sums import limit_pair_rows, pair_safe_row_scales
 from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.selection import NodeSelection, select_nodes
 
@@ -57,6 +58,17 @@ def quantize_rows(weight: np.ndarray, q_max: int = 127) -> tuple[np.ndarray, np.
     scale = np.where(absmax > 0, np.maximum(absmax / float(q_max), np.finfo(np.float32).tiny), 1.0).astype(np.float32)
     codes = np.clip(np.rint(weight / scale[..., None]), -q_max, q_max).astype(np.int8)
     return codes, scale
+
+
+def pair_limited_rows(weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and scales [D, G·H] of ``weight`` [D, G·H, K] whose u8s8 pair sums along K cannot saturate: per
+    gate row the least-error grid of passes/quantize/pair_sums.py, its codes' pairs limited."""
+    k = weight.shape[-1]
+    rows = weight.reshape(-1, k)
+    safe = pair_safe_row_scales(rows, scale.reshape(-1)).astype(np.float32)
+    targets = rows / safe[:, None]
+    codes = limit_pair_rows(np.clip(np.rint(targets), -127, 127).astype(np.int64), targets)
+    return codes.astype(np.int8).reshape(weight.shape), safe.reshape(scale.shape)
 
 
 def dequantize_rows(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -136,16 +148,20 @@ def insert_weight_dequantize(graph: gs.Graph, namer: Namer, weight: gs.Constant)
     return out
 
 
-def rewrite_as_dynamic_lstm(node: gs.Node, namer: Namer, reduce_range: bool = False) -> None:
+def rewrite_as_dynamic_lstm(node: gs.Node, namer: Namer, reduce_range: bool = False,
+                            saturating_pair_sums: bool = False) -> None:
     """Rewrite the LSTM in place as com.microsoft DynamicQuantizeLSTM (same outputs, optional inputs kept).
 
-    ``reduce_range``: 7-bit codes ([-63, 63]). The kernel multiplies uint8 x and h_t by the int8 weights in
-    MLAS's u8s8 GEMM, which on x86 without VNNI sums pairs of products in saturating int16 (255·127·2 > 32767;
-    measured on such a host: 20 % relative error of Y with 8-bit codes, the 1 % of 8-bit activations with 7)."""
+    The kernel multiplies uint8 x and h_t by the int8 weights in MLAS's u8s8 GEMM (K = the row's last axis),
+    which on x86 without VNNI sums pairs of products in saturating int16 (measured on such a host: 20 % relative
+    error of Y with plain 8-bit codes, ~1 % with the pairs limited). ``saturating_pair_sums``: pairs limited
+    (passes/quantize/pair_sums.py); ``reduce_range``: 7-bit codes ([-63, 63])."""
     quantized = []
     for index in RECURRENT_WEIGHT_INPUTS:
         weight = node.inputs[index]
         codes, scale = quantize_rows(weight.values, 63 if reduce_range else 127)
+        if saturating_pair_sums:
+            codes, scale = pair_limited_rows(weight.values, scale)
         quantized += [namer.constant(f"{weight.name}_int8_t", np.ascontiguousarray(codes.transpose(0, 2, 1))),
                       namer.constant(f"{weight.name}_scale", scale),
                       namer.constant(f"{weight.name}_zp", np.zeros(scale.shape, np.int8))]
@@ -182,8 +198,8 @@ class QuantizeRecurrentPass(GraphPass):
                           "form_reason": reason, "weights": [node.inputs[i].name for i in RECURRENT_WEIGHT_INPUTS]}
                 if form is RecurrentForm.DYNAMIC_QUANTIZE:
                     reduce_range = ctx.target.weight_reduce_range(depthwise=False)
-                    rewrite_as_dynamic_lstm(node, namer, reduce_range)
-                    detail["reduce_range"] = reduce_range
+                    rewrite_as_dynamic_lstm(node, namer, reduce_range, ctx.target.saturating_pair_sums)
+                    detail.update(reduce_range=reduce_range, pair_limited=ctx.target.saturating_pair_sums)
                 else:
                     for index in RECURRENT_WEIGHT_INPUTS:
                         node.inputs[index] = insert_weight_dequantize(scope, namer, node.inputs[index])

@@ -40,8 +40,7 @@ class TargetProfile:
     target: Target
     activation_dtype: QuantDType
     weight_dtype: QuantDType
-    reduce_range: bool                        # 7-bit weights on GEMM-kernel ops (x86 u8s8 without VNNI
-                                              # saturates int16 pair sums); see weight_reduce_range
+    reduce_range: bool                        # 7-bit weights on GEMM-kernel ops; see weight_reduce_range
     requantize_output_ops: frozenset[str]    # need Q on the output to become integer kernels
     float_output_ops: frozenset[str]         # fuse with a float output (MatMulIntegerToFloat, QGemm float out)
     transparent_ops: frozenset[str]          # DQ -> op -> Q with equal parameters runs the op on integers
@@ -59,6 +58,8 @@ class TargetProfile:
     float16: bool = False                     # the float remainder is emitted as float16 (I/O stays float32)
     float32_ops: frozenset[str] = frozenset()  # ops the float16 conversion leaves in float32
     cpu_fusion_check: bool = True             # ORT CPU EP's fusions say what this target runs (not TensorRT)
+    # x86 without VNNI: u8s8 GEMMs add pairs of products in a saturating int16 (passes/quantize/pair_sums.py)
+    saturating_pair_sums: bool = False
 
     def weight_reduce_range(self, depthwise: bool) -> bool:
         """Whether a node's weights lose a bit. Only GEMM kernels pair-sum u8·s8 products into int16
@@ -78,6 +79,7 @@ class TargetProfile:
             "static_int8": self.static_int8,
             "float16_remainder": self.float16,
             "cpu_fusion_check": self.cpu_fusion_check,
+            "saturating_pair_sums": self.saturating_pair_sums,
             "cpu": None if self.cpu is None else {
                 "arch": self.cpu.arch, "avx2": self.cpu.avx2, "avx512": self.cpu.avx512, "vnni": self.cpu.vnni,
                 "arm_dot": self.cpu.arm_dot},

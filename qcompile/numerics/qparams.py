@@ -124,7 +124,8 @@ def compute_qparams(lo, hi, dtype: QuantDType, *, symmetric: bool, reduce_range:
     return QParams(scale=scale, zero_point=zero_point.astype(dtype.numpy_dtype), dtype=dtype, axis=axis)
 
 
-def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+def broadcast_qparams(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) shaped to broadcast against a tensor of ``ndim`` axes (per channel along ``axis``)."""
     scale, zp = params.scale.astype(np.float32), params.zero_point.astype(np.float32 if params.dtype.is_float
                                                                           else np.int64)
     if params.axis is not None and scale.ndim == 1:
@@ -136,7 +137,7 @@ def _broadcast(params: QParams, ndim: int) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
     """q = clip(round_half_even(x / scale) + zp, q_min, q_max), as ONNX QuantizeLinear computes it."""
-    scale, zp = _broadcast(params, np.ndim(x))
+    scale, zp = broadcast_qparams(params, np.ndim(x))
     if params.dtype.is_float:
         return quantize_fp8(x, scale)
     q_min, q_max = params.dtype.int_range(False)
@@ -146,7 +147,7 @@ def quantize(x: np.ndarray, params: QParams) -> np.ndarray:
 
 def dequantize(q: np.ndarray, params: QParams) -> np.ndarray:
     """x = (q - zp) * scale, as ONNX DequantizeLinear computes it."""
-    scale, zp = _broadcast(params, np.ndim(q))
+    scale, zp = broadcast_qparams(params, np.ndim(q))
     if params.dtype.is_float:
         return dequantize_fp8(q, scale)
     return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)

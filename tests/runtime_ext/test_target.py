@@ -44,10 +44,13 @@ def test_resolve_profile_every_target():
         assert resolve_profile(target, CpuFeatures(arch="x86_64", avx2=True)).target is target
 
 
-def test_cpu_profile_reduce_range_follows_vnni():
-    assert cpu_profile(CpuFeatures(arch="x86_64", avx2=True, vnni=False)).reduce_range
-    assert not cpu_profile(CpuFeatures(arch="x86_64", avx2=True, avx512=True, vnni=True)).reduce_range
-    assert not cpu_profile(CpuFeatures(arch="aarch64", arm_dot=True)).reduce_range
+def test_cpu_profile_limits_pair_sums_without_vnni_and_never_reduces_range():
+    no_vnni = cpu_profile(CpuFeatures(arch="x86_64", avx2=True, vnni=False))
+    assert no_vnni.saturating_pair_sums and not no_vnni.reduce_range
+    for features in (CpuFeatures(arch="x86_64", avx2=True, avx512=True, vnni=True),
+                     CpuFeatures(arch="aarch64", arm_dot=True)):
+        profile = cpu_profile(features)
+        assert not profile.saturating_pair_sums and not profile.reduce_range
 
 
 def test_tensorrt_profile_is_symmetric_int8_on_compute_inputs():
@@ -232,8 +235,8 @@ def test_cli_target_and_runtime_flags(tiny_cnn_case, tmp_path):
 
 
 def test_depthwise_weights_never_lose_a_bit():
-    no_vnni = cpu_profile(CpuFeatures(arch="x86_64", avx2=True, vnni=False))
-    assert no_vnni.weight_reduce_range(depthwise=False) and not no_vnni.weight_reduce_range(depthwise=True)
+    reduced = dataclasses.replace(cpu_profile(CpuFeatures(arch="x86_64", avx2=True)), reduce_range=True)
+    assert reduced.weight_reduce_range(depthwise=False) and not reduced.weight_reduce_range(depthwise=True)
     vnni = cpu_profile(CpuFeatures(arch="x86_64", avx2=True, avx512=True, vnni=True))
     assert not vnni.weight_reduce_range(depthwise=False) and not vnni.weight_reduce_range(depthwise=True)
 

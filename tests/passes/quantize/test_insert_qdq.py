@@ -89,8 +89,10 @@ def test_weights_dequantize_close_to_the_folded_fp32_weights(tiny_cnn_compiled):
     """Each dequantised weight is within one step (its channel's scale) of the FP32 weight: learned rounding,
     the default, picks floor or ceil (nearest would be within half a step, tests/passes/quantize/
     test_weight_rounding.py checks the codes against it). The BN-folded first conv is compared against
-    W·γ/√(σ²+ε)."""
+    W·γ/√(σ²+ε). On an x86 host without VNNI the codes of pairs limited against int16 saturation
+    (passes/quantize/pair_sums.py) may move further: at most the count the report gives."""
     model, result = tiny_cnn_compiled
+    limited = {n["name"]: n.get("pair_limited_codes", 0) for n in result.report.data["nodes"]}
     producers, _, inits = _index(result.model)
     original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
@@ -101,7 +103,8 @@ def test_weights_dequantize_close_to_the_folded_fp32_weights(tiny_cnn_compiled):
         w_dq = producers[conv.input[1]]
         scale = inits[w_dq.input[1]].reshape(-1, 1, 1, 1)
         deq = inits[w_dq.input[0]].astype(np.float32) * scale
-        assert np.all(np.abs(deq - expected[i]) <= scale * (1 + 1e-4) + 1e-7), i
+        beyond = int(np.count_nonzero(np.abs(deq - expected[i]) > scale * (1 + 1e-4) + 1e-7))
+        assert beyond <= limited[conv.name], (i, beyond)
 
 
 def test_classifier_gemm_stays_float(tiny_cnn_compiled):
@@ -264,9 +267,9 @@ def _depthwise_then_pointwise() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_depthwise_weights_keep_8_bits_where_gemm_weights_lose_one(monkeypatch):
-    """x86 without VNNI: GEMM-kernel weights get 7-bit codes (u8s8 pair sums saturate int16), the depthwise
-    Conv keeps [-127, 127] (ORT runs it on MLAS's widening depthwise kernel)."""
+def test_depthwise_weights_keep_8_bits_and_gemm_weights_limit_their_pairs(monkeypatch):
+    """x86 without VNNI: GEMM-kernel weights get pair-limited codes (u8s8 pair sums saturate int16,
+    passes/quantize/pair_sums.py), the depthwise Conv plain 8-bit codes (MLAS's widening depthwise kernel)."""
     from qcompile.config import CpuFeatures
     monkeypatch.setattr("qcompile.runtime_ext.target.detect_cpu_features",
                         lambda: CpuFeatures(arch="x86_64", avx2=True, vnni=False))
@@ -275,10 +278,10 @@ def test_depthwise_weights_keep_8_bits_where_gemm_weights_lose_one(monkeypatch):
     result = compile_model(_depthwise_then_pointwise(), samples,
                            CompileConfig(fidelity_samples=2, quantize_classifier=True))
     entries = {n["name"]: n for n in result.report.data["nodes"]}
-    assert entries["depthwise"]["reduce_range"] is False and entries["pointwise"]["reduce_range"] is True
+    assert "pair_limited_codes" not in entries["depthwise"] and "pair_limited_codes" in entries["pointwise"]
+    assert entries["depthwise"]["reduce_range"] is False and entries["pointwise"]["reduce_range"] is False
     producers, _, inits = _index(result.model)
-    for name, codes_max in (("depthwise", 127), ("pointwise", 63)):
-        conv = next(n for n in result.model.graph.node if n.name == name)
-        codes = inits[producers[conv.input[1]].input[0]].astype(np.int32)
-        # symmetric per channel: each output channel's largest weight lands on the grid's end
-        assert np.abs(codes).reshape(codes.shape[0], -1).max(axis=1).tolist() == [codes_max] * codes.shape[0]
+    depthwise = next(n for n in result.model.graph.node if n.name == "depthwise")
+    codes = inits[producers[depthwise.input[1]].input[0]].astype(np.int32)
+    # symmetric per channel on the full grid: each output channel's largest weight lands on ±127
+    assert np.abs(codes).reshape(codes.shape[0], -1).max(axis=1).tolist() == [127] * codes.shape[0]

@@ -22,7 +22,7 @@ from qcompile.cli import main
 from qcompile.config import CompileConfig, Preset, Target
 from qcompile.graph.scopes import proto_graphs
 from qcompile.passes.quantize.quantize_recurrent import (DYNAMIC_MIN_HIDDEN, GATES, RecurrentForm, choose_form,
-                                                         dequantize_rows, quantize_rows)
+                                                         dequantize_rows, pair_limited_rows, quantize_rows)
 from qcompile.tools.inspect_model import inspect_model
 from qcompile.runtime_ext.target import resolve_profile
 from models.generate import control_flow_samples, nested_if_lstm_model
@@ -108,13 +108,17 @@ def test_large_lstm_becomes_dynamic_quantize_lstm_on_the_cpu():
     assert any(o.domain == "com.microsoft" for o in result.model.opset_import)
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     entry = next(n for n in result.report.data["nodes"] if n["name"] == "lstm0")
-    # 7-bit codes exactly where this host's u8s8 GEMM saturates (x86 without VNNI)
-    assert entry["reduce_range"] == resolve_profile(Target.CPU).weight_reduce_range(depthwise=False)
-    codes, scale = quantize_rows(weights["W"], 63 if entry["reduce_range"] else 127)
+    # limited code pairs exactly where this host's u8s8 GEMM saturates (x86 without VNNI)
+    assert entry["pair_limited"] == resolve_profile(Target.CPU).saturating_pair_sums and not entry["reduce_range"]
+    codes, scale = quantize_rows(weights["W"])
+    if entry["pair_limited"]:
+        codes, scale = pair_limited_rows(weights["W"], scale)
+        pairs = np.abs(codes.astype(np.int32).reshape(*codes.shape[:-1], -1, 2))
+        same_sign = (codes.reshape(pairs.shape) > 0).all(-1) | (codes.reshape(pairs.shape) < 0).all(-1)
+        assert (pairs.sum(-1)[same_sign] <= 128).all()
     np.testing.assert_array_equal(inits[node.input[1]], codes.transpose(0, 2, 1))   # W_qᵀ [D, I, 4H]
     np.testing.assert_array_equal(inits[node.input[8]], scale)                      # s_W [D, 4H]
     assert not inits[node.input[9]].any()                                            # zero points 0
-    assert np.abs(inits[node.input[1]].astype(np.int32)).max() == (63 if entry["reduce_range"] else 127)
     assert entry["op_type"] == "LSTM" and entry["form"] == "dynamic_quantize"
     assert entry["ort_kernel"] == "DynamicQuantizeLSTM" and entry["fused"]
     for feed in _samples(3, seed=7):
