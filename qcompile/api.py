@@ -26,6 +26,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from qcompile.version import __version__
 from qcompile.accuracy.budget import check_budget_arguments
 from qcompile.accuracy.classifier import choose_classifier_precision, measures_classifier
+from qcompile.accuracy.classifier import float_kernel_by_design as classifier_float_kernel
 from qcompile.accuracy.decode import measure_decode
 from qcompile.accuracy.fallback import Outcome, analyse_compile
 from qcompile.accuracy.fidelity import Metric, measure_fidelity
@@ -247,6 +248,9 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
             choice = choose_classifier_precision(
                 reference=loaded.model, kept_float=baseline, calibration=source, settings=prepared.config.classifier,
                 int8_emitter=Emitter(prepared.model, int8, prepared.profile, recorder.wrap(collect), _export))
+            # the re-emission's passes start afresh: what the first one noted (an opset upgrade) still holds
+            choice.emission.ctx.warnings[:0] = [w for w in baseline.ctx.warnings
+                                                if w not in choice.emission.ctx.warnings]
             baseline, classifier = choice.emission, choice.report
     with phase("per-layer analysis and fallback", progress and _analyses(config)):
         analysis = analyse_compile(reference=loaded.model, working=prepared.model, profile=prepared.profile,
@@ -320,7 +324,8 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: Fideli
             else "the graph has no Conv/ConvTranspose/MatMul/Gemm/LSTM/GRU/RNN with a constant weight"))
     # the CPU EP's fusions say nothing about TensorRT; a model needing a custom-op library is not checked
     # a recurrent node with DequantizeLinear weights runs its float kernel by design: nothing to fuse
-    integer_names = [n for n in quantized_names if not float_kernel_by_design(ctx.decisions[n])]
+    integer_names = [n for n in quantized_names if not float_kernel_by_design(ctx.decisions[n])
+                     and not classifier_float_kernel(ctx.decisions[n])]
     fusion = check_fusion(emission.model, integer_names) \
         if integer_names and profile.cpu_fusion_check and config.custom_op_library is None else None
     if fusion is not None and fusion.unfused:

@@ -85,7 +85,8 @@ class StatisticsRecorder:
                     self.entries[(fingerprint, request)] = value
             self.gathered += len(missing)
             self.reused += len(requests) - len(missing)
-            return {r: self.entries[(fingerprint, r)] for r in requests}
+            # the collector leaves out what it could not observe (a body no calibration item runs), so does this
+            return {r: self.entries[(fingerprint, r)] for r in requests if (fingerprint, r) in self.entries}
         return recording_collect
 
 

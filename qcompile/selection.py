@@ -20,6 +20,10 @@ from qcompile.graph.ops import COMPUTE_OPS, DATA_MOVEMENT_OPS
 from qcompile.graph.scopes import all_nodes
 
 
+# the selection rule's reason for a final classifier (accuracy/classifier.py then measures its precision)
+CLASSIFIER_KEPT_FLOAT = "final classifier kept float (set quantize_classifier to quantise it)"
+
+
 @dataclass(frozen=True)
 class NodeSelection:
     """The decision for one node: quantise with these specs, or not, and why."""
@@ -109,7 +113,7 @@ def _decide(node: gs.Node, config: CompileConfig, classifiers: set[str]) -> Node
             return NodeSelection(False, f"op type {node.op} not in op_types")
         return NodeSelection(False, "not a compute op (carried through or left float)")
     if node.name in classifiers and override is None:
-        return NodeSelection(False, "final classifier kept float (set quantize_classifier to quantise it)")
+        return NodeSelection(False, CLASSIFIER_KEPT_FLOAT)
     activation = override.activation if override and override.activation else config.activation
     weight = override.weight if override and override.weight else config.weight
     return NodeSelection(True, "selected", activation, weight)

@@ -48,6 +48,9 @@ def _check_report(result: CompileResult) -> dict:
     quantized = [n for n in data["nodes"] if n["status"] == "quantized"]
     assert quantized
     for node in quantized:
+        if node.get("form") == "int8_weights_float_input":     # the measured classifier: a float kernel
+            assert "ort_kernel" not in node
+            continue
         assert node["ort_kernel"] in INTEGER_KERNELS, node
         assert node["fused"] is True, node
     for node in data["nodes"]:
@@ -74,12 +77,14 @@ def test_tiny_cnn_model_sources(tiny_cnn_case, source_kind):
     result = compile_model(source, calib_dir, CompileConfig(fidelity_samples=2))
     _check_output(result, make_samples("tiny_cnn", 1)[0])
     data = _check_report(result)
-    assert data["summary"]["quantized_nodes"] == 4
+    # four Convs, and the Gemm classifier unless its measured precision is float
+    assert data["summary"]["quantized_nodes"] == 4 + (data["classifier"]["decision"] != "float")
     assert data["input"]["path"] == (str(model_path.resolve()) if source_kind == "path" else None)
     assert data["input"]["calibration"]["samples"] == 14   # 2 of the 16 files held out for fidelity
     assert data["input"]["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
-    kernels = Counter(n["ort_kernel"] for n in data["nodes"] if n["status"] == "quantized")
-    assert kernels == {"QLinearConv": 4}
+    kernels = Counter(n.get("ort_kernel") for n in data["nodes"] if n["status"] == "quantized")
+    classifier = {"int8": {"QGemm": 1}, "int8_weights": {None: 1}, "float": {}}[data["classifier"]["decision"]]
+    assert kernels == {"QLinearConv": 4, **classifier}
     assert data["summary"]["output_bytes"] < data["summary"]["input_bytes"]
 
 
@@ -237,7 +242,8 @@ def test_num_samples_cuts_a_batched_item():
 def test_generator_calibration():
     samples = make_samples("tiny_cnn", 4)
     result = compile_model(tiny_cnn(), (s for s in samples), CompileConfig(fidelity_samples=0))
-    assert result.report.data["summary"]["quantized_nodes"] == 4
+    data = result.report.data
+    assert data["summary"]["quantized_nodes"] == 4 + (data["classifier"]["decision"] != "float")
 
 
 def test_save_rename_failure_is_a_save_error_and_leaves_nothing(tiny_cnn_case, tmp_path, monkeypatch):

@@ -46,10 +46,37 @@ def test_measured_compile_follows_the_rule(tiny_cnn_case):
     section, nodes = _classifier_status(compile_model(model, calib, MEASURED))
     # a quarter of the 16 calibration files is held out for fidelity; the measurement runs on the other 12
     assert section["nodes"] and section["samples"] == 12
-    expected = "int8" if within_tolerance(section["outputs"], SETTINGS) else "float"
+    if within_tolerance(section["outputs"], SETTINGS):
+        expected = "int8"
+    elif "weight_only_outputs" in section and within_tolerance(section["weight_only_outputs"], SETTINGS):
+        expected = "int8_weights"
+    else:
+        expected = "float"
     assert section["decision"] == expected
-    assert all(n["status"] == ("quantized" if expected == "int8" else "skipped") for n in nodes)
+    assert all(n["status"] == ("skipped" if expected == "float" else "quantized") for n in nodes)
     assert all("measured" in n["reason"] for n in nodes)
+
+
+def test_int8_weights_when_static_int8_costs_too_much(tiny_cnn_case):
+    """A tolerance between the two measured drops: static int8 fails it, int8 weights with a float input
+    pass, and that emission is kept: the Gemm's weight is an int8 DequantizeLinear, its input float."""
+    model, calib = tiny_cnn_case
+    first, _ = _classifier_status(compile_model(model, calib, CompileConfig(
+        classifier=ClassifierConfig(max_sqnr_drop_db=0.0, max_agreement_drop=1.0))))
+    static = next(iter(first["outputs"].values()))["sqnr_drop_db"]
+    weights = next(iter(first["weight_only_outputs"].values()))["sqnr_drop_db"]
+    assert weights < static            # the classifier's input quantisation is the larger part of its error
+    between = ClassifierConfig(max_sqnr_drop_db=(static + weights) / 2, max_agreement_drop=1.0)
+    result = compile_model(model, calib, CompileConfig(classifier=between))
+    section, nodes = _classifier_status(result)
+    assert section["decision"] == "int8_weights"
+    assert [n["status"] for n in nodes] == ["quantized"] and nodes[0]["form"] == "int8_weights_float_input"
+    graph = result.model.graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    producers = {o: n for n in graph.node for o in n.output}
+    assert producers[gemm.input[1]].op_type == "DequantizeLinear"
+    assert producers[gemm.input[0]].op_type != "DequantizeLinear"       # the input stays float
+    assert result.report.data["summary"]["unfused_nodes"] == 0           # a float kernel by design
 
 
 @pytest.mark.parametrize(("settings", "decision"), [
@@ -62,9 +89,16 @@ def test_tolerance_decides(tiny_cnn_case, settings, decision):
     assert section["decision"] == (decision or ("int8" if drop <= 0 else "float"))
 
 
+def test_the_default_measures_it(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    section, _ = _classifier_status(compile_model(model, calib))
+    assert section is not None and section["decision"] in ("int8", "int8_weights", "float")
+    assert section["samples"] > 0 and section["outputs"]
+
+
 def test_unmeasured_keeps_it_float_and_forced_quantises_it(tiny_cnn_case):
     model, calib = tiny_cnn_case
-    result = compile_model(model, calib)          # the default: the selection rule, unmeasured
+    result = compile_model(model, calib, CompileConfig(classifier=ClassifierConfig(measure=False)))
     assert result.report.data["classifier"] is None
     assert any(n["status"] == "skipped" and "final classifier" in n["reason"] for n in result.report.data["nodes"])
     forced = compile_model(model, calib, CompileConfig(quantize_classifier=True))

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile import compile_model
 from qcompile.api import model_input_specs
 from qcompile.cli import main
-from qcompile.config import AccuracyBudget, AnalysisConfig, CompileConfig, LayerAnalysis, config_from_mapping
+from qcompile.config import (AccuracyBudget, AnalysisConfig, ClassifierConfig, CompileConfig, LayerAnalysis,
+                             config_from_mapping)
 from qcompile.emitter import Emitter, StatisticsRecorder, keep_float_config
 from qcompile.errors import AccuracyBudgetError, CalibrationDataError, ConfigError
 from qcompile.accuracy.budget import budget_violations
@@ -29,6 +30,8 @@ from qcompile.runtime_ext.target import resolve_profile
 from tests._analysis_models import SENSITIVE_NODE, outlier_cnn, outlier_samples
 
 NO_LAYERS = AnalysisConfig(layers=LayerAnalysis.NONE)
+# the selection rule's float classifier: the fallback search over the layers it quantises is what is tested
+RULE = ClassifierConfig(measure=False)
 
 
 def _cosine_on(model: onnx.ModelProto, reference: onnx.ModelProto, items) -> float:
@@ -39,13 +42,13 @@ def _cosine_on(model: onnx.ModelProto, reference: onnx.ModelProto, items) -> flo
 
 def test_the_sensitive_node_falls_back_and_the_budget_then_holds():
     model, calib, eval_items = outlier_cnn(), outlier_samples(16, 1), outlier_samples(24, 2)
-    baseline = compile_model(model, calib, CompileConfig(analysis=NO_LAYERS))
-    without = compile_model(model, calib, CompileConfig(exclude=(SENSITIVE_NODE,), analysis=NO_LAYERS))
+    baseline = compile_model(model, calib, CompileConfig(classifier=RULE, analysis=NO_LAYERS))
+    without = compile_model(model, calib, CompileConfig(classifier=RULE, exclude=(SENSITIVE_NODE,), analysis=NO_LAYERS))
     before, after = _cosine_on(baseline.model, model, eval_items), _cosine_on(without.model, model, eval_items)
     assert after > before                                   # the model is built so that this node matters
     budget = (before + after) / 2
 
-    result = compile_model(model, calib, CompileConfig(accuracy_budget=AccuracyBudget(min_cosine=budget)),
+    result = compile_model(model, calib, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_cosine=budget)),
                            eval_data=eval_items)
     data = result.report.data
     fallback = data["fallback"]
@@ -72,7 +75,7 @@ def test_the_sensitive_node_falls_back_and_the_budget_then_holds():
 
 def test_a_budget_already_met_keeps_every_node_quantised():
     model, calib = outlier_cnn(), outlier_samples(8, 1)
-    result = compile_model(model, calib, CompileConfig(accuracy_budget=AccuracyBudget(min_cosine=-1.0,
+    result = compile_model(model, calib, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_cosine=-1.0,
                                                                                       eval_samples=5)))
     fallback = result.report.data["fallback"]
     assert fallback["nodes"] == [] and len(fallback["trials"]) == 1 and fallback["trials"][0]["passed"]
@@ -89,7 +92,7 @@ def test_the_metric_gets_every_eval_output_and_bounds_the_search():
         calls.append((len(reference), len(quantized), sorted(reference[0])))
         return float(np.mean([np.argmax(r["logits"]) == np.argmax(q["logits"]) for r, q in zip(reference, quantized)]))
 
-    result = compile_model(model, calib, CompileConfig(accuracy_budget=AccuracyBudget(min_metric=0.5)),
+    result = compile_model(model, calib, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_metric=0.5)),
                            eval_data=eval_items, metric=agreement)
     assert calls and all(c == (6, 6, ["logits"]) for c in calls)
     assert result.report.data["fallback"]["after"]["metric"] >= 0.5
@@ -98,12 +101,12 @@ def test_the_metric_gets_every_eval_output_and_bounds_the_search():
 def test_an_unreachable_budget_is_an_error():
     with pytest.raises(AccuracyBudgetError, match="cannot be met even with all 3"):
         compile_model(outlier_cnn(), outlier_samples(8, 1),
-                      CompileConfig(accuracy_budget=AccuracyBudget(min_metric=1.0)), metric=lambda r, q: 0.0)
+                      CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_metric=1.0)), metric=lambda r, q: 0.0)
 
 
 @pytest.mark.parametrize("kwargs, config, message", [
-    ({"metric": lambda r, q: 1.0}, CompileConfig(), "used by an accuracy budget"),
-    ({}, CompileConfig(accuracy_budget=AccuracyBudget(min_metric=0.5)), "needs a metric function"),
+    ({"metric": lambda r, q: 1.0}, CompileConfig(classifier=RULE), "used by an accuracy budget"),
+    ({}, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_metric=0.5)), "needs a metric function"),
 ])
 def test_inconsistent_budget_arguments_are_config_errors(kwargs, config, message):
     with pytest.raises(ConfigError, match=message):
@@ -118,7 +121,7 @@ def test_top1_budget_needs_logits():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = [{"x": np.random.default_rng(i).uniform(0, 1, (1, 3, 4, 4)).astype(np.float32)} for i in range(4)]
     with pytest.raises(ConfigError, match="needs a class-score"):
-        compile_model(model, feeds, CompileConfig(accuracy_budget=AccuracyBudget(min_top1_agreement=0.9)))
+        compile_model(model, feeds, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_top1_agreement=0.9)))
 
 
 def test_budget_violations():
@@ -167,7 +170,7 @@ def test_emitter_reuses_statistics_and_excludes_by_exact_name():
         return collect_statistics(graph, requests, source)
 
     recorder = StatisticsRecorder(reuse=True)
-    config = CompileConfig()
+    config = CompileConfig(classifier=RULE)
     emitter = Emitter(model, config, resolve_profile(config.target), recorder.wrap(collect),
                       lambda g, _m: gs.export_onnx(g.cleanup().toposort()))
     first = emitter.emit()
@@ -246,4 +249,4 @@ def test_models_over_the_in_memory_limit_skip_the_analysis(monkeypatch):
     assert "per-layer analysis skipped: the model is over 2 GB" in result.report.data["warnings"]
     from qcompile.errors import UnsupportedModelError
     with pytest.raises(UnsupportedModelError, match="under 2 GB"):
-        compile_model(model, calib, CompileConfig(accuracy_budget=AccuracyBudget(min_cosine=0.9)))
+        compile_model(model, calib, CompileConfig(classifier=RULE, accuracy_budget=AccuracyBudget(min_cosine=0.9)))

@@ -16,7 +16,7 @@ from models.generate import read_calibration
 from qcompile import compile_model
 from qcompile.cli import main
 from qcompile.tools.compare_models import compare_models
-from qcompile.config import AnalysisConfig, CompileConfig, LayerAnalysis
+from qcompile.config import AnalysisConfig, ClassifierConfig, CompileConfig, LayerAnalysis
 from qcompile.errors import SelectionError
 from qcompile.tools.inspect_model import inspect_model
 
@@ -33,10 +33,14 @@ def test_inspect_predicts_the_compile(tiny_cnn_case, config):
     predicted = {n["name"]: n for n in inspection["nodes"]}
     assert set(predicted) == set(compiled)
     for name, node in predicted.items():
+        if node["plan"] == "measure":          # the classifier: its measured precision is the compile's
+            assert compiled[name]["reason"].startswith("final classifier"), name
+            continue
         assert (node["plan"] == "quantize") == (compiled[name]["status"] == "quantized"), name
         if node["plan"] == "float":
             assert node["reason"] == compiled[name]["reason"]
-    assert inspection["would_quantize"] == report["summary"]["quantized_nodes"]
+    measured = sum(compiled[n["name"]]["status"] == "quantized" for n in predicted.values() if n["plan"] == "measure")
+    assert inspection["would_quantize"] + measured == report["summary"]["quantized_nodes"]
 
 
 def test_inspect_histogram_and_reasons(tiny_cnn_case):
@@ -47,7 +51,11 @@ def test_inspect_histogram_and_reasons(tiny_cnn_case):
     assert "BatchNormalization" not in inspection["prepared_op_histogram"]          # folded by prepare
     reasons = {n["name"]: n["reason"] for n in inspection["nodes"] if n["plan"] == "float"}
     assert reasons["Conv_2"] == "excluded by --exclude"
-    assert any("classifier" in r for r in reasons.values())
+    measured = [n for n in inspection["nodes"] if n["plan"] == "measure"]
+    assert [n["op_type"] for n in measured] == ["Gemm"] and "classifier" in measured[0]["reason"]
+    assert inspection["measured_at_compile"] == 1
+    unmeasured = inspect_model(model_path, CompileConfig(classifier=ClassifierConfig(measure=False)))
+    assert any("classifier" in n["reason"] for n in unmeasured["nodes"] if n["plan"] == "float")
     with pytest.raises(SelectionError):
         inspect_model(model_path, CompileConfig(exclude=("no_such_node",)))
 
@@ -57,7 +65,8 @@ def test_cli_inspect(tiny_cnn_case):
     runner = CliRunner()
     text = runner.invoke(main, ["inspect", str(model_path)])
     assert text.exit_code == 0, text.output
-    assert "would quantise 4 of 5 compute node(s)" in text.output and "final classifier" in text.output
+    assert "would quantise 4 of 5 compute node(s), 1 measured at compile" in text.output
+    assert "final classifier" in text.output
     as_json = runner.invoke(main, ["inspect", str(model_path), "--json", "--exclude", "Conv_2"])
     assert json.loads(as_json.output)["would_quantize"] == 3
     failed = runner.invoke(main, ["inspect", str(model_path), "--exclude", "nope"])

@@ -19,7 +19,7 @@ from models.generate import read_calibration
 from qcompile import compile_model
 from qcompile.api import model_input_specs
 from qcompile.calibrators.collector import collect_statistics
-from qcompile.config import AnalysisConfig, CompileConfig, LayerAnalysis
+from qcompile.config import AnalysisConfig, ClassifierConfig, CompileConfig, LayerAnalysis
 from qcompile.data import open_calibration_source
 from qcompile.emitter import Emitter, StatisticsRecorder
 from qcompile.pass_infra import NodeStatus
@@ -105,7 +105,9 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def test_sqnrs_match_numpy_and_the_sensitive_node_ranks_first():
     model, calib = outlier_cnn(), outlier_samples(12, 1)
-    config = CompileConfig(analysis=AnalysisConfig(layers=LayerAnalysis.SENSITIVITY, samples=6))
+    # the selection rule's float classifier: the analysis of the layers it quantises is what is checked here
+    config = CompileConfig(analysis=AnalysisConfig(layers=LayerAnalysis.SENSITIVITY, samples=6),
+                           classifier=ClassifierConfig(measure=False))
     result = compile_model(model, calib, config)
     layers = result.report.data["layers"]
     assert layers["items"] == 6 and layers["mode"] == "sensitivity"

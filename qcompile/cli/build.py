@@ -37,6 +37,7 @@ class CompileFlags:
     op_types: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     quantize_classifier: bool = False
+    keep_classifier_float: bool = False
     target: Target | None = None
     fidelity_samples: int | None = None
     # calibration
@@ -134,8 +135,12 @@ def _selection_and_calibration(config: CompileConfig, flags: CompileFlags) -> di
         changes["rounding"] = dataclasses.replace(config.rounding, method=flags.weight_rounding)
     if flags.exclude:
         changes["exclude"] = config.exclude + _split_csv(flags.exclude)
+    if flags.quantize_classifier and flags.keep_classifier_float:
+        raise ConfigError("--quantize-classifier and --keep-classifier-float contradict each other; give one")
     if flags.quantize_classifier:
         changes["quantize_classifier"] = True
+    if flags.keep_classifier_float:
+        changes["classifier"] = dataclasses.replace(config.classifier, measure=False)
     if flags.target is not None:
         changes["target"] = flags.target
     if flags.fidelity_samples is not None:

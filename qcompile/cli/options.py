@@ -55,7 +55,11 @@ selection_options = _stack(
     click.option("--op-types", multiple=True, show_default=_csv(_DEFAULT.op_types),
                  help="Op types to quantise, comma-separated."),
     click.option("--exclude", multiple=True, help="Node names or regexes to keep float (repeatable, comma-separated)."),
-    click.option("--quantize-classifier", is_flag=True, help="Quantise the final classifier too (float by default)."),
+    click.option("--quantize-classifier", is_flag=True,
+                 help="Quantise the final classifier to static int8 without measuring (by default its precision "
+                      "is measured: static int8, int8 weights with a float input, or float)."),
+    click.option("--keep-classifier-float", is_flag=True,
+                 help="Keep the final classifier float without measuring."),
 )
 
 image_options = _stack(

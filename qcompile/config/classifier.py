@@ -9,13 +9,13 @@ from qcompile.errors import ConfigError
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """``measure``: compile with the final classifier quantised and with it float, measure both against FP32
-    on the first ``samples`` calibration items, and keep it quantised iff that costs at most
-    ``max_sqnr_drop_db`` of output SQNR and at most ``max_agreement_drop`` of top-1 agreement (logit outputs).
-    ``measure=False`` (the default for now) keeps it float without measuring; ``quantize_classifier=True``
-    forces int8."""
+    """``measure`` (default): compile with the final classifier quantised and with it float, measure both
+    against FP32 on the first ``samples`` calibration items, and keep it static int8 iff that costs at most
+    ``max_sqnr_drop_db`` of output SQNR and at most ``max_agreement_drop`` of top-1 agreement (logit outputs);
+    else int8 weights with a float input under the same rule; else float (qcompile/accuracy/classifier.py).
+    ``measure=False`` keeps it float without measuring; ``quantize_classifier=True`` forces static int8."""
 
-    measure: bool = False
+    measure: bool = True
     max_sqnr_drop_db: float = 1.0
     max_agreement_drop: float = 0.0
     samples: int = 32

@@ -4,8 +4,9 @@ The model goes through the compile's own preparation (qcompile/preparation.py: t
 opset upgrade, so both see the same config and model), then the compile's prepare step (no data: naming,
 shape inference, constant and BatchNorm folding) and then through the same selection and Q/DQ planning the
 quantize step makes, in the main graph and in every If/Loop/Scan body. Each compute node is reported as
-"quantize" or "float" with the reason the plan gives. What the plan cannot know without data — a body that
-never runs on the calibration data stays float — is not predicted.
+"quantize" or "float" with the reason the plan gives, or "measure" for a final classifier whose precision the
+compile measures (qcompile/accuracy/classifier.py). What the plan cannot know without data — a body that
+never runs on the calibration data stays float, a classifier's measured precision — is not predicted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import onnx
 import onnx_graphsurgeon as gs
 
+from qcompile.accuracy.classifier import measures_classifier
 from qcompile.config import CompileConfig
 from qcompile.io import LoadedModel, load_model
 from qcompile.pass_infra import PassContext, StatRequest, run_steps
@@ -26,7 +28,7 @@ from qcompile.passes.quantize.quantize_subgraphs import graph_scopes
 from qcompile.pipeline import build_steps
 from qcompile.preparation import prepare_compile
 from qcompile.graph.ops import RECURRENT_OPS
-from qcompile.selection import COMPUTE_OPS, select_nodes
+from qcompile.selection import CLASSIFIER_KEPT_FLOAT, COMPUTE_OPS, select_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ def inspect_model(model: str | bytes | onnx.ModelProto, config: CompileConfig | 
                               "reason": reason if form is None else f"int8 W and R per gate row, {form.value}: {reason}"})
             elif node.name in plan.skipped or node.op in COMPUTE_OPS:
                 op, reason = plan.skipped.get(node.name, (node.op, selections[node.name].reason))
+                if reason == CLASSIFIER_KEPT_FLOAT and measures_classifier(config):
+                    nodes.append({"name": node.name, "op_type": op, "plan": "measure", "scope": scope.owner,
+                                  "reason": "final classifier: static int8, int8 weights or float, chosen at "
+                                            "compile by the measured effect on the outputs"})
+                    continue
                 nodes.append({"name": node.name, "op_type": op, "plan": "float", "scope": scope.owner,
                               "reason": reason})
     notes = [note for note in (prepared.target_note, prepared.opset_note) if note] + list(ctx.warnings)
@@ -87,6 +94,7 @@ def inspect_model(model: str | bytes | onnx.ModelProto, config: CompileConfig | 
         "parameters_after_prepare": parameters,
         "nodes": nodes,
         "would_quantize": sum(1 for n in nodes if n["plan"] == "quantize"),
+        "measured_at_compile": sum(1 for n in nodes if n["plan"] == "measure"),
         "config": config.to_json(),
         "notes": notes,
     }
@@ -110,7 +118,8 @@ def format_inspection(result: dict[str, Any]) -> str:
                                                  result["prepared_op_histogram"].items()))
     nodes = result["nodes"]
     float_nodes = [n for n in nodes if n["plan"] == "float"]
-    lines.append(f"would quantise {result['would_quantize']} of {len(nodes)} compute node(s):")
+    measured = f", {result['measured_at_compile']} measured at compile" if result.get("measured_at_compile") else ""
+    lines.append(f"would quantise {result['would_quantize']} of {len(nodes)} compute node(s){measured}:")
     width = max((len(n["name"]) for n in nodes), default=4)
     for node in nodes:
         where = f" [in {node['scope']}]" if node["scope"] else ""

@@ -12,6 +12,7 @@ import pytest
 
 from models.generate import if_subgraph_model, loop_scan_model, make_samples
 from qcompile import CompileConfig, compile_model
+from qcompile.config import ClassifierConfig
 from qcompile.errors import SelectionError
 
 from tests.passes.ort_reference import run_unoptimized
@@ -63,8 +64,9 @@ def test_if_branches_are_quantised_and_fused() -> None:
     assert _relative_l2_error(model, result.model, _if_samples(8, None, seed=7)) < 0.03
 
 
-def test_branch_computing_the_output_keeps_its_classifier_float_by_default() -> None:
-    result = compile_model(if_subgraph_model(), _if_samples(16, None))
+def test_branch_computing_the_output_keeps_its_classifier_float_under_the_selection_rule() -> None:
+    result = compile_model(if_subgraph_model(), _if_samples(16, None),
+                           CompileConfig(classifier=ClassifierConfig(measure=False)))
     nodes = _nodes(result.report)
     # then: MatMul -> bias Add -> If output -> model output: the logits
     assert nodes["then/MatMul_0"]["status"] == "skipped"
@@ -91,7 +93,8 @@ def test_branch_never_taken_stays_float_with_a_reason() -> None:
 def test_loop_and_scan_bodies_are_quantised_and_fused() -> None:
     model = loop_scan_model()
     # 64 sequences: the loop state's range grows with the input scale, 16 would not cover held-out inputs
-    result = compile_model(model, make_samples("loop_scan_model", 64))
+    result = compile_model(model, make_samples("loop_scan_model", 64),
+                           CompileConfig(classifier=ClassifierConfig(measure=False)))
     nodes = _nodes(result.report)
     for name in ("MatMul_0", "scan/MatMul_0", "scan/MatMul_1", "loop/MatMul_0"):
         assert nodes[name]["status"] == "quantized", (name, nodes[name])

@@ -18,12 +18,14 @@ from models.generate import make_samples, tiny_cnn
 from qcompile.api import compile_model
 from qcompile.cli import main
 from qcompile.cli.build import CompileFlags, build_config
-from qcompile.config import CompileConfig, RoundingConfig, WeightRounding, config_from_mapping
+from qcompile.config import ClassifierConfig, CompileConfig, RoundingConfig, WeightRounding, config_from_mapping
 from qcompile.errors import ConfigError
 
 
 def _config(method: WeightRounding, **rounding) -> CompileConfig:
-    return CompileConfig(fidelity_samples=0, rounding=RoundingConfig(method=method, **rounding))
+    # the selection rule's classifier: both roundings compile the same nodes (its measured choice could differ)
+    return CompileConfig(fidelity_samples=0, rounding=RoundingConfig(method=method, **rounding),
+                         classifier=ClassifierConfig(measure=False))
 
 
 @pytest.fixture(scope="module")
