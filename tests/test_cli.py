@@ -277,3 +277,20 @@ def test_console_script(tiny_cnn_case):
     assert out.is_file() and model.with_name("tiny_cnn.qdq.report.json").is_file()
     onnx.checker.check_model(onnx.load(str(out)))
     assert proc.stdout.startswith(f"wrote {out}")
+
+
+def test_classifier_flags_contradicting_each_other_are_refused(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    result = _invoke(model, "--calib", calib, "--quantize-classifier", "--keep-classifier-float", "--no-progress")
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert not model.with_name("tiny_cnn.qdq.onnx").exists()
+
+
+def test_keep_classifier_float_skips_the_measurement(tiny_cnn_case):
+    model, calib = tiny_cnn_case
+    result = _invoke(model, "--calib", calib, "--keep-classifier-float", "--no-progress")
+    assert result.exit_code == 0, result.output
+    data = _report(model.with_name("tiny_cnn.qdq.report.json"))
+    assert data["classifier"] is None
+    gemm = next(n for n in data["nodes"] if n["op_type"] == "Gemm")
+    assert gemm["status"] == "skipped" and "final classifier" in gemm["reason"]
