@@ -166,3 +166,22 @@ def test_candidate_scores_without_boxes():
     errors = detection_errors(ref, approx, box_columns=0)
     assert errors == {"confident_candidates": 4, "score_abs_error": pytest.approx(0.7 / 4),
                       "candidate_agreement": 0.75}
+
+
+def test_a_score_head_with_a_time_axis_at_run_time_is_read_as_a_sequence():
+    """The graph says class scores (a rank-2 declared shape), the run gives [T, 1, C] (a CRNN export whose
+    declared shape is wrong): per-step and collapsed-path agreement, not top-1 over the first axis."""
+    from qcompile.accuracy.fidelity import compare_outputs
+    from qcompile.accuracy.output_roles import OutputRole
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(6, 1, 5)).astype(np.float32)
+    changed = ref.copy()
+    changed[2, 0] = changed[2, 0, ::-1]          # one step's argmax moves
+    fidelity = compare_outputs([{"y": ref}], [{"y": changed}], roles={"y": OutputRole.CLASS_SCORES})
+    entry = fidelity.outputs["y"]
+    assert entry["role"] == OutputRole.SEQUENCE_SCORES.value
+    expected_steps = np.mean(ref.argmax(-1) == changed.argmax(-1))
+    assert expected_steps < 1.0                  # the test changes something
+    same_path = collapsed_path(ref.argmax(-1)[:, 0]) == collapsed_path(changed.argmax(-1)[:, 0])
+    assert entry["top1_agreement"] == pytest.approx(expected_steps)
+    assert entry["sequence_agreement"] == float(same_path)

@@ -5,7 +5,10 @@ a model output through bias adds and data movement only, If branches included) t
 the first n calibration items. The same statistics give two emissions (no second calibration): Ŷ_q with C
 quantised and Ŷ_f with C float. Per float output o, with
 
-    SQNR(o) = 10·log10(Σ Y² / Σ (Ŷ − Y)²)        a(o) = top-1 agreement with Y (rank-2 outputs, several classes)
+    SQNR(o) = 10·log10(Σ Y² / Σ (Ŷ − Y)²)        a(o) = agreement with Y of the decision o's consumer reads:
+                                                 top-1 for class scores, the collapsed argmax path for sequence
+                                                 scores (CTC), confident candidates for detection scores
+                                                 (accuracy/output_roles.py)
 
 (qcompile/accuracy/fidelity.py, ORT with full graph optimisation: the kernels users get),
 
@@ -36,6 +39,7 @@ from typing import Any, Iterable, Mapping
 import onnx
 
 from qcompile.accuracy.fidelity import Fidelity, compare_outputs, run_outputs
+from qcompile.accuracy.output_roles import infer_output_roles
 from qcompile.config import ClassifierConfig, CompileConfig
 from qcompile.emitter import Emission, Emitter
 from qcompile.errors import QCompileError
@@ -76,8 +80,12 @@ def _finite(value: Any) -> float | None:
     return {"inf": float("inf"), "-inf": float("-inf")}.get(value) if isinstance(value, str) else None
 
 
+AGREEMENT_KEYS = ("sequence_agreement", "candidate_agreement", "top1_agreement")
+
+
 def classifier_costs(quantized: Fidelity, kept_float: Fidelity) -> dict[str, dict[str, float | None]]:
-    """Per output: SQNR drop (dB) and top-1 agreement drop from quantising the classifier."""
+    """Per output: SQNR drop (dB) and agreement drop (the output role's decision) from quantising the
+    classifier."""
     costs = {}
     for name, q in quantized.outputs.items():
         f = kept_float.outputs[name]
@@ -85,10 +93,13 @@ def classifier_costs(quantized: Fidelity, kept_float: Fidelity) -> dict[str, dic
         drop = None
         if sqnr_q is not None and sqnr_f is not None:
             drop = 0.0 if sqnr_q == sqnr_f else sqnr_f - sqnr_q     # inf - inf (both exact) is no drop
-        agreement = (f["top1_agreement"] - q["top1_agreement"]) if "top1_agreement" in q else None
+        # the decision the output's consumer reads (output_roles.py): collapsed sequences for sequence scores,
+        # confident candidates for detection scores, else top-1
+        key = next((k for k in AGREEMENT_KEYS if k in q and k in f), None)
+        agreement = (f[key] - q[key]) if key is not None else None
         costs[name] = {"sqnr_db_quantized": sqnr_q, "sqnr_db_float": sqnr_f, "sqnr_drop_db": drop,
-                       "top1_agreement_quantized": q.get("top1_agreement"),
-                       "top1_agreement_float": f.get("top1_agreement"), "top1_agreement_drop": agreement}
+                       "agreement": key, "top1_agreement_quantized": q.get(key) if key else None,
+                       "top1_agreement_float": f.get(key) if key else None, "top1_agreement_drop": agreement}
     return costs
 
 
@@ -120,16 +131,19 @@ def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emiss
         return ClassifierChoice(kept_float, {"nodes": [], "decision": "no final classifier to quantise"})
     items = list(itertools.islice(calibration, settings.samples))
     _, ref_outputs = run_outputs(with_unique_node_names(reference), items)
-    float_fidelity = compare_outputs(ref_outputs, run_outputs(kept_float.model, items)[1])
-    costs = classifier_costs(compare_outputs(ref_outputs, run_outputs(quantized.model, items)[1]), float_fidelity)
+    roles = infer_output_roles(reference)
+
+    def fidelity(model: onnx.ModelProto) -> Fidelity:
+        return compare_outputs(ref_outputs, run_outputs(model, items)[1], roles=roles)
+    float_fidelity = fidelity(kept_float.model)
+    costs = classifier_costs(fidelity(quantized.model), float_fidelity)
     report = {"nodes": names, "samples": len(items), "max_sqnr_drop_db": settings.max_sqnr_drop_db,
               "max_agreement_drop": settings.max_agreement_drop, "outputs": costs}
     if within_tolerance(costs, settings):
         return _chosen(quantized, names, "quantised (static int8)", costs, settings, {**report, "decision": "int8"})
     weight_only_model, changed = with_int8_weights(kept_float.model, names, static=quantized.model)
     if changed:
-        weight_only_costs = classifier_costs(
-            compare_outputs(ref_outputs, run_outputs(weight_only_model, items)[1]), float_fidelity)
+        weight_only_costs = classifier_costs(fidelity(weight_only_model), float_fidelity)
         report["weight_only_outputs"] = weight_only_costs
         if within_tolerance(weight_only_costs, settings):
             return _chosen(_weight_only_emission(kept_float, weight_only_model, changed), changed,
@@ -141,7 +155,8 @@ def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emiss
 
 
 def _summary(costs: Mapping[str, Mapping[str, float | None]]) -> str:
-    return "; ".join(f"{o}: SQNR drop {_fmt(c['sqnr_drop_db'])} dB, top-1 agreement drop "
+    return "; ".join(f"{o}: SQNR drop {_fmt(c['sqnr_drop_db'])} dB, "
+                     f"{(c.get('agreement') or 'top1_agreement').replace('_', ' ')} drop "
                      f"{_fmt(c['top1_agreement_drop'])}" for o, c in costs.items())
 
 

@@ -70,7 +70,12 @@ class FidelityAccumulator:
         self.noise[name] = self.noise.get(name, 0.0) + noise
         diff = ref.astype(np.float64) - app.astype(np.float64)
         self.max_abs[name] = max(self.max_abs.get(name, 0.0), float(np.max(np.abs(diff))))
-        role = self.used_roles[name] = self.role(name, ref.shape)
+        role = self.role(name, ref.shape)
+        if role is OutputRole.CLASS_SCORES and ref.ndim == 3:
+            # a score head whose output has a time axis at run time (exports declare shapes that are wrong:
+            # a CRNN's [T, 1, C] declared [1, ?]): scores per step, read as a sequence
+            role = OutputRole.SEQUENCE_SCORES
+        self.used_roles[name] = role
         if role is OutputRole.CLASS_SCORES and ref.ndim == 2 and ref.shape[1] > 1:
             self.top1.setdefault(name, []).extend((ref.argmax(1) == app.argmax(1)).tolist())
         elif role is OutputRole.SEQUENCE_SCORES and ref.ndim == 3 and ref.shape[2] > 1:
