@@ -50,6 +50,7 @@ from qcompile.graph.scopes import proto_graphs
 from qcompile.io.output_guard import OutputGuard
 from qcompile.io.validate import check_model_structure
 from qcompile.pass_infra import Collector, NodeStatus, PassContext, run_steps
+from qcompile.selection import CLASSIFIER_KEPT_FLOAT
 from qcompile.passes.quantize.quantize_recurrent import float_kernel_by_design
 from qcompile.pipeline import build_steps
 from qcompile.progress import phase, progress_bar
@@ -242,6 +243,9 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
     with phase("calibrate and emit", progress):
         baseline, recorder, collect = _calibrate_and_emit(prepared, source, progress, reuse=measure_classifier)
     classifier = None
+    # only where the selection rule kept a final classifier float: a second emission costs a compile's time
+    measure_classifier = measure_classifier and any(
+        d.status is NodeStatus.SKIPPED and d.reason == CLASSIFIER_KEPT_FLOAT for d in baseline.ctx.decisions.values())
     if measure_classifier:   # the same compile with the classifier int8, measured against it (accuracy/classifier.py)
         with phase("classifier precision", progress):
             int8 = dataclasses.replace(prepared.config, quantize_classifier=True)

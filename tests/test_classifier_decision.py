@@ -135,3 +135,13 @@ def test_a_classifier_that_cannot_be_calibrated_stays_float(tiny_cnn_case):
                                          int8_emitter=_FailingEmitter(), calibration=[], settings=SETTINGS)
     assert choice.emission is emission and choice.report["decision"] == "float"
     assert "NaN" in choice.report["reason"]
+
+
+def test_no_classifier_kept_float_means_no_second_emission(tiny_cnn_case, monkeypatch):
+    """Nothing for the measurement to decide (the Gemm excluded by name): no int8 re-emission is made."""
+    import qcompile.api as api
+    calls = []
+    monkeypatch.setattr(api, "choose_classifier_precision", lambda **kw: calls.append(kw))
+    model, calib = tiny_cnn_case
+    result = compile_model(model, calib, CompileConfig(exclude=("Gemm_0",)))
+    assert calls == [] and result.report.data["classifier"] is None
