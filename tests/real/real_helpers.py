@@ -8,11 +8,14 @@ import onnxruntime as ort
 import pytest
 
 
-def cpu_session(model, threads: int = 0) -> ort.InferenceSession:
-    """An ORT CPU session for a ModelProto or a path; ``threads`` 0 = ORT's default."""
+def cpu_session(model, threads: int = 0, optimized: bool = True) -> ort.InferenceSession:
+    """An ORT CPU session for a ModelProto or a path; ``threads`` 0 = ORT's default; ``optimized=False``: the
+    graph op by op (no fusion)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -82,5 +82,8 @@ def test_effnet_target(eval_dir: Path, target: Target):
     result = _compile(case, target)
     if target is Target.CPU:
         _check_cpu_fusion(result)
-    top1 = effnet_top1(cpu_session(case / "model.onnx", 1), cpu_session(result.model, 1), case / "eval.npz")
+    # TensorRT's model checked op by op (int32 accumulation, as TensorRT computes it): ORT's CPU u8s8 kernels
+    # saturate its full-range symmetric codes on x86 without VNNI (measured on such a host: 0.375 fused)
+    candidate = cpu_session(result.model, 1, optimized=target is not Target.TENSORRT)
+    top1 = effnet_top1(cpu_session(case / "model.onnx", 1), candidate, case / "eval.npz")
     assert top1 >= MIN_TOP1[target], top1
