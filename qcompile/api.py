@@ -251,6 +251,7 @@ def _compile(loaded: LoadedModel, source: CalibrationSource, config: CompileConf
             int8 = dataclasses.replace(prepared.config, quantize_classifier=True)
             choice = choose_classifier_precision(
                 reference=loaded.model, kept_float=baseline, calibration=source, settings=prepared.config.classifier,
+                fused=prepared.profile.cpu_fusion_check,
                 int8_emitter=Emitter(prepared.model, int8, prepared.profile, recorder.wrap(collect), _export))
             # the re-emission's passes start afresh: what the first one noted (an opset upgrade) still holds
             choice.emission.ctx.warnings[:0] = [w for w in baseline.ctx.warnings
@@ -343,7 +344,8 @@ def _verify(loaded: LoadedModel, emission: Emission, profile, evaluation: Fideli
     reference = Path(loaded.path) if large_on_disk else loaded.model
     fidelity = measure_fidelity(reference, emission.model, evaluation.items, config.fidelity_samples,
                                 custom_op_library=config.custom_op_library,
-                                sample_time_limit_s=config.calibration.sample_time_limit_s)
+                                sample_time_limit_s=config.calibration.sample_time_limit_s,
+                                fused=profile.cpu_fusion_check)
     if fidelity.get("items"):
         fidelity = {**fidelity, "source": evaluation.source, "held_out": evaluation.held_out}
     layout = detect_kv_cache(loaded.model)

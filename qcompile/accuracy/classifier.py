@@ -116,10 +116,12 @@ def within_tolerance(costs: Mapping[str, Mapping[str, float | None]], settings: 
 
 
 def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emission, int8_emitter: Emitter,
-                                calibration: Iterable, settings: ClassifierConfig) -> ClassifierChoice:
+                                calibration: Iterable, settings: ClassifierConfig,
+                                fused: bool = True) -> ClassifierChoice:
     """Keep ``kept_float`` (the compile as the selection rule made it) or the re-emission with the classifier
     int8, by the module docstring's rule. The int8 emission gathers only the statistics the first one lacked
-    (the classifier's input range); if they cannot be gathered (NaN on its input), the classifier stays float."""
+    (the classifier's input range); if they cannot be gathered (NaN on its input), the classifier stays float.
+    ``fused=False`` (a target that is not the CPU EP) runs the variants op by op, as measure_fidelity does."""
     try:
         quantized = int8_emitter.emit()
     except QCompileError as exc:
@@ -134,7 +136,7 @@ def choose_classifier_precision(*, reference: onnx.ModelProto, kept_float: Emiss
     roles = infer_output_roles(reference)
 
     def fidelity(model: onnx.ModelProto) -> Fidelity:
-        return compare_outputs(ref_outputs, run_outputs(model, items)[1], roles=roles)
+        return compare_outputs(ref_outputs, run_outputs(model, items, fused=fused)[1], roles=roles)
     float_fidelity = fidelity(kept_float.model)
     costs = classifier_costs(fidelity(quantized.model), float_fidelity)
     report = {"nodes": names, "samples": len(items), "max_sqnr_drop_db": settings.max_sqnr_drop_db,

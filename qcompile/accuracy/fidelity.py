@@ -30,7 +30,7 @@ from qcompile.errors import CalibrationDataError, ConfigError, QCompileError, Un
 from qcompile.io.validate import with_unique_node_names
 from qcompile.numerics.metrics import cosine_rows, power_sums, relative_error_from_power, sqnr_db_from_power
 from qcompile.runtime_ext.run_limit import DEFAULT_SAMPLE_TIME_LIMIT_S, run_limited
-from qcompile.runtime_ext.session import make_session, ort_error_line
+from qcompile.runtime_ext.session import GraphOptimization, make_session, ort_error_line
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,11 @@ class Fidelity:
                 "metric": self.metric, "outputs": {k: dict(v) for k, v in self.outputs.items()}}
 
 
-def run_outputs(model: onnx.ModelProto | str | Path, items: Iterable[Feed]) -> tuple[list[str], list[Outputs]]:
-    """Every output of ``model`` on every item (ORT CPU, full graph optimisation: the kernels users get)."""
-    session = make_session(model)
+def run_outputs(model: onnx.ModelProto | str | Path, items: Iterable[Feed],
+                fused: bool = True) -> tuple[list[str], list[Outputs]]:
+    """Every output of ``model`` on every item (ORT CPU, full graph optimisation: the kernels users get;
+    ``fused=False``: the graph op by op, see measure_fidelity)."""
+    session = make_session(model, **({} if fused else {"optimization": GraphOptimization.DISABLED}))
     names = [o.name for o in session.get_outputs()]
     return names, [dict(zip(names, _run(session, names, feed, UnsupportedModelError, f"the model {_label(model)} fails on "
                                         f"eval item {index}"))) for index, feed in enumerate(items)]
@@ -196,16 +198,20 @@ def _run(session, names, feed, error: type[QCompileError], what: str,
 
 def measure_fidelity(reference: onnx.ModelProto | Path, quantized: onnx.ModelProto, source: Iterable,
                      max_samples: int, *, custom_op_library: str | None = None,
-                     sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S) -> dict[str, Any]:
+                     sample_time_limit_s: float | None = DEFAULT_SAMPLE_TIME_LIMIT_S,
+                     fused: bool = True) -> dict[str, Any]:
     """The compile's verify step: FP32 and quantised models on the first ``max_samples`` calibration items,
     per-output summaries as above. ``reference`` may be the input model's path (ORT then reads a large
-    model's weights from its files)."""
+    model's weights from its files). ``fused=False`` runs the quantised model's Q/DQ graph op by op (no ORT CPU
+    fusion): what a target that is not the CPU EP computes (TensorRT accumulates int8 products in int32; ORT's
+    CPU u8s8 kernels would saturate full-range symmetric codes on x86 without VNNI)."""
     if max_samples == 0:
         return {}
     try:
         ref_session = make_session(reference if isinstance(reference, Path) else with_unique_node_names(reference),
                                    custom_op_library=custom_op_library)
-        q_session = make_session(quantized, custom_op_library=custom_op_library)
+        q_session = make_session(quantized, custom_op_library=custom_op_library,
+                                 **({} if fused else {"optimization": GraphOptimization.DISABLED}))
     except QCompileError as exc:
         logger.warning("fidelity not measured: %s", exc)
         return {"error": str(exc)}

@@ -132,3 +132,23 @@ def test_plain_8_bit_codes_do_saturate_on_this_host():
         result = compile_model(model, [feed] * 4, CompileConfig(fidelity_samples=0, quantize_classifier=True))
     reference = run_unoptimized(result.model, feed)[0]
     assert np.abs(_fused(result.model, feed) - reference).max() > 0.05 * np.abs(reference).max()
+
+
+@pytest.mark.skipif(not resolve_profile(Target.CPU).saturating_pair_sums,
+                    reason="this host's int8 GEMM does not saturate (VNNI or not x86): fused == op by op here")
+def test_fidelity_of_a_non_cpu_target_is_measured_op_by_op():
+    """measure_fidelity(fused=False), the TensorRT target's verify step, reads the Q/DQ graph as written: on
+    this host the fused kernels saturate the plain codes, the op-by-op run does not."""
+    from unittest import mock
+    from qcompile.accuracy.fidelity import measure_fidelity
+    model, feed = _saturating_model("MatMul")
+    with mock.patch("qcompile.runtime_ext.target.detect_cpu_features",
+                    lambda: CpuFeatures(arch="x86_64", avx2=True, avx512=True, vnni=True)):
+        result = compile_model(model, [feed] * 4, CompileConfig(fidelity_samples=0, quantize_classifier=True))
+    fused = measure_fidelity(model, result.model, [feed], 1)
+    op_by_op = measure_fidelity(model, result.model, [feed], 1, fused=False)
+    reference = run_unoptimized(model, feed)[0]
+    graph = run_unoptimized(result.model, feed)[0]
+    expected = 10 * np.log10((reference.astype(np.float64) ** 2).sum() / ((graph - reference) ** 2).sum())
+    assert op_by_op["outputs"]["y"]["sqnr_db"] == pytest.approx(expected, abs=0.05)
+    assert fused["outputs"]["y"]["sqnr_db"] < op_by_op["outputs"]["y"]["sqnr_db"] - 10
