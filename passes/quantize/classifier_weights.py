@@ -18,18 +18,11 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
+from qcompile.graph.scopes import proto_graphs
 from qcompile.numerics.qparams import QuantDType, compute_qparams, quantize, weight_range
 
 WEIGHT_ONLY_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 MIN_OPSET = 13                         # per-axis DequantizeLinear
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _all_nodes(body)
 
 
 def output_channel_axis(node: onnx.NodeProto, rank: int) -> int:
@@ -79,7 +72,7 @@ def with_int8_weights(model: onnx.ModelProto, names: list[str],
     graph = out.graph
     initializers = {t.name: t for t in graph.initializer}
     readers: dict[str, int] = {}
-    for node in _all_nodes(graph):          # If/Loop/Scan bodies read outer initializers by name too
+    for node in (n for g in proto_graphs(graph) for n in g.node):   # bodies read outer initializers by name too
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
     wanted, changed, new_nodes = set(names), [], []

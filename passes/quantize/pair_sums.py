@@ -53,28 +53,37 @@ def limit_pair_rows(codes: np.ndarray, targets: np.ndarray, limit: int = PAIR_LI
     return c[:, :k].astype(codes.dtype)
 
 
-def gemm_rows(op: str, shape: tuple[int, ...], trans_b: bool = False) -> np.ndarray:
-    """Flat indices of the weight laid out as [output channels, K] with K in ORT's packing order:
-    ``weight.reshape(-1)[index]`` is that matrix (a Conv row is one output channel, so one group's filter)."""
-    index = np.arange(int(np.prod(shape))).reshape(shape)
+def to_rows(op: str, weight: np.ndarray, trans_b: bool = False) -> np.ndarray:
+    """The weight laid out as [output channels, K] with K in ORT's packing order (a view where the layout
+    allows; a Conv row is one output channel, so one group's filter)."""
     if op == "Conv":
         # [M, C/g, k…] -> [M, k…, C/g] -> [M, K]: kernel position major, input channel minor
-        rows = np.moveaxis(index, 1, -1).reshape(shape[0], -1)
-    elif op == "Gemm" and trans_b:
-        rows = index                                            # [N, K]
-    else:
-        rows = index.reshape(shape[0], -1).T                    # [K, N] -> [N, K]
-    return rows
+        return np.moveaxis(weight, 1, -1).reshape(weight.shape[0], -1)
+    if op == "Gemm" and trans_b:
+        return weight                                           # [N, K]
+    return weight.reshape(weight.shape[0], -1).T                # [K, N] -> [N, K]
+
+
+def from_rows(op: str, rows: np.ndarray, shape: tuple[int, ...], trans_b: bool = False) -> np.ndarray:
+    """``to_rows`` undone: [output channels, K] back to the weight's own layout ``shape``."""
+    if op == "Conv":
+        return np.moveaxis(rows.reshape(shape[0], *shape[2:], shape[1]), -1, 1)
+    if op == "Gemm" and trans_b:
+        return rows.reshape(shape)
+    return rows.T.reshape(shape)
+
+
+def nearest_limited_codes(rows: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Nearest int8 codes of weight rows [channels, K] on scales [channels, 1] (or one), pairs limited."""
+    targets = rows / scale
+    return limit_pair_rows(np.clip(np.rint(targets), -127, 127).astype(np.int64), targets)
 
 
 def limit_pair_sums(op: str, codes: np.ndarray, targets: np.ndarray, trans_b: bool = False) -> tuple[np.ndarray, int]:
     """The weight's codes with no saturating pair (module docstring), and how many codes changed."""
-    rows = gemm_rows(op, codes.shape, trans_b)
-    flat_codes, flat_targets = codes.reshape(-1), targets.reshape(-1)
-    limited = limit_pair_rows(flat_codes[rows], flat_targets[rows])
-    out = flat_codes.copy()
-    out[rows] = limited
-    return out.reshape(codes.shape), int(np.count_nonzero(out != flat_codes))
+    limited = from_rows(op, limit_pair_rows(to_rows(op, codes, trans_b), to_rows(op, targets, trans_b)),
+                        codes.shape, trans_b)
+    return np.ascontiguousarray(limited), int(np.count_nonzero(limited != codes))
 
 
 # the grid ends tried per output channel: 127 (all 8 bits, pairs limited) down to 63 (ORT's reduce_range,
@@ -91,7 +100,7 @@ def pair_safe_scales(op: str, values: np.ndarray, scale: np.ndarray, trans_b: bo
     Why a choice: pair limiting moves only the pairs above the limit, which is nearly free for peaked weight
     distributions (few large same-sign partners) and costly for flat ones (many pairs near the grid's end),
     where a coarser grid that no pair can break is better. Scales only grow, so a bias-safe scale stays safe."""
-    return pair_safe_row_scales(values.reshape(-1)[gemm_rows(op, values.shape, trans_b)], scale, per_channel)
+    return pair_safe_row_scales(to_rows(op, values, trans_b), scale, per_channel)
 
 
 def pair_safe_row_scales(rows: np.ndarray, scale: np.ndarray, per_channel: bool = True) -> np.ndarray:
@@ -104,8 +113,7 @@ def pair_safe_row_scales(rows: np.ndarray, scale: np.ndarray, per_channel: bool 
     errors, scales = [], []
     for end in GRID_ENDS:
         s = base * (127.0 / end)
-        targets = w / s
-        codes = limit_pair_rows(np.clip(np.rint(targets), -127, 127).astype(np.int64), targets)
+        codes = nearest_limited_codes(w, s)
         errors.append(((codes * s - w) ** 2).sum(axis=1))
         scales.append(s[:, 0])
     errors, scales = np.array(errors), np.array(scales)                 # [ends, channels]

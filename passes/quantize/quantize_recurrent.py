@@ -33,7 +33,7 @@ from qcompile.config import Target
 from qcompile.graph.edits import Namer
 from qcompile.graph.ops import RECURRENT_OPS
 from qcompile.graph.scopes import all_graphs
-from qcompile.passes.quantize.pair_sums import limit_pair_rows, pair_safe_row_scales
+from qcompile.passes.quantize.pair_sums import nearest_limited_codes, pair_safe_row_scales
 from qcompile.pass_infra import GraphPass, GraphProperty, NodeDecision, NodeStatus, PassContext, PassResult
 from qcompile.selection import NodeSelection, select_nodes
 
@@ -66,8 +66,7 @@ def pair_limited_rows(weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray
     k = weight.shape[-1]
     rows = weight.reshape(-1, k)
     safe = pair_safe_row_scales(rows, scale.reshape(-1)).astype(np.float32)
-    targets = rows / safe[:, None]
-    codes = limit_pair_rows(np.clip(np.rint(targets), -127, 127).astype(np.int64), targets)
+    codes = nearest_limited_codes(rows, safe[:, None])
     return codes.astype(np.int8).reshape(weight.shape), safe.reshape(scale.shape)
 
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.api import compile_model
 from qcompile.config import CompileConfig, CpuFeatures, Target
-from qcompile.passes.quantize.pair_sums import (GRID_ENDS, PAIR_LIMIT, gemm_rows, limit_pair_rows,
+from qcompile.passes.quantize.pair_sums import (GRID_ENDS, PAIR_LIMIT, from_rows, limit_pair_rows, to_rows,
                                                  pair_safe_row_scales)
 from qcompile.runtime_ext.target import resolve_profile
 from tests.passes.ort_reference import run_unoptimized
@@ -65,6 +65,11 @@ def test_chosen_grid_is_never_worse_than_7_bits(seed, kind, per_channel):
     assert _pairs_ok(codes) and ((codes * s - w) ** 2).sum() <= seven_error * (1 + 1e-5)   # float32 scales
 
 
+def gemm_rows(op: str, shape: tuple[int, ...], trans_b: bool = False) -> np.ndarray:
+    """Flat indices of a weight of ``shape`` in to_rows' [output channels, K] layout."""
+    return to_rows(op, np.arange(int(np.prod(shape))).reshape(shape), trans_b)
+
+
 def test_gemm_rows_follow_ort_packing_order():
     # Conv W [M, C, kh, kw]: K = kernel position · C + channel
     conv = gemm_rows("Conv", (2, 3, 2, 2))
@@ -74,6 +79,10 @@ def test_gemm_rows_follow_ort_packing_order():
     matmul = gemm_rows("MatMul", (4, 3))          # B [K, N]: rows are output columns
     assert np.arange(12).reshape(4, 3).reshape(-1)[matmul].tolist() == np.arange(12).reshape(4, 3).T.tolist()
     assert gemm_rows("Gemm", (3, 4), trans_b=True).tolist() == np.arange(12).reshape(3, 4).tolist()
+    for op, shape, trans_b in (("Conv", (2, 3, 2, 2), False), ("Conv", (4, 2, 3), False), ("MatMul", (4, 3), False),
+                               ("Gemm", (4, 3), False), ("Gemm", (3, 4), True)):
+        weight = np.arange(int(np.prod(shape))).reshape(shape)
+        np.testing.assert_array_equal(from_rows(op, to_rows(op, weight, trans_b), shape, trans_b), weight)
 
 
 def _saturating_model(op: str) -> tuple[onnx.ModelProto, dict]:
